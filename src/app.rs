@@ -1,0 +1,122 @@
+//! Builds the application from a [`Config`] and serves it until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::routes;
+use crate::state::AppState;
+use crate::storage::{StorageError, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    addr: SocketAddr,
+}
+
+impl App {
+    /// Connects and migrates the database, then binds the listener (port 0 is fine).
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, AppError> {
+        let store = Store::connect(&config.database).await?;
+        store.migrate().await?;
+        Self::build_with_store(config, store, clock).await
+    }
+
+    pub async fn build_with_store(
+        config: Config,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AppError> {
+        let listener = TcpListener::bind(config.server.bind)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.server.bind,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(AppError::Serve)?;
+        let state = AppState {
+            store,
+            config: Arc::new(config),
+            clock,
+        };
+        Ok(Self {
+            listener,
+            state,
+            addr,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let store = self.state.store.clone();
+        let router = routes::router(self.state);
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(AppError::Serve)?;
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

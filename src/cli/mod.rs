@@ -1,0 +1,802 @@
+//! The `gatehouse` command line: `serve`, `migrate` and the account administration commands.
+//! Administration works directly on the database, so it needs no running server.
+
+mod output;
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::app::{App, shutdown_signal};
+use crate::bootstrap;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::crypto::password::hash_password;
+use crate::crypto::{PlainToken, TokenKind};
+use crate::domain::org::OrgName;
+use crate::domain::scope::parse_known_scopes;
+use crate::domain::user::Password;
+use crate::domain::{DisplayName, Email, OrgSlug, OrgStatus, Role};
+use crate::storage::credentials::NewPat;
+use crate::storage::{AuditEntry, AuditFilter, OrgRow, StorageError, Store, UserRow};
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "OAuth 2.1 authorization server and MCP resource server in one binary",
+    long_about = "OAuth 2.1 authorization server and MCP resource server in one binary.\n\n\
+        Configuration comes from built-in defaults, then the file given by --config or \
+        GATEHOUSE_CONFIG, then environment variables GATEHOUSE__SECTION__KEY \
+        (see config.example.toml). With no configuration at all, `gatehouse serve` \
+        keeps its data in ./gatehouse.db (SQLite) and listens on 127.0.0.1:8080."
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "GATEHOUSE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (applies pending migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage organizations.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage who belongs to which organization, and with what role.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Manage API keys (a user's sign-in credential for the consent page).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage personal access tokens (Bearer credentials for header-based agents).
+    #[command(subcommand)]
+    Pat(PatCommand),
+    /// Read the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgCommand {
+    /// Create an organization.
+    Create {
+        /// Short handle: lower-case letters, digits and '-'.
+        slug: String,
+        /// Display name (defaults to the slug).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List organizations.
+    List,
+    /// Set an organization's status: active, read_only or suspended.
+    SetStatus { slug: String, status: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user.
+    Create {
+        email: String,
+        /// Display name (defaults to the part of the email before '@').
+        #[arg(long)]
+        name: Option<String>,
+        /// Read a sign-in password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Set a user's password, read from the first line of standard input.
+    SetPassword { email: String },
+}
+
+#[derive(Debug, Args)]
+struct OrgUser {
+    /// Organization slug.
+    #[arg(long)]
+    org: String,
+    /// User email.
+    #[arg(long)]
+    user: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCommand {
+    /// Add a user to an organization.
+    Add {
+        #[command(flatten)]
+        who: OrgUser,
+        /// owner, admin or member.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Remove a user from an organization (revokes their keys and tokens there).
+    Remove {
+        #[command(flatten)]
+        who: OrgUser,
+    },
+    /// List an organization's members.
+    List {
+        #[arg(long)]
+        org: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create an API key; it is printed once.
+    Create {
+        #[command(flatten)]
+        who: OrgUser,
+        #[arg(long, default_value = "api key")]
+        name: String,
+    },
+    /// List API keys (never their secrets).
+    List {
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Revoke an API key by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum PatCommand {
+    /// Create a personal access token; it is printed once.
+    Create {
+        #[command(flatten)]
+        who: OrgUser,
+        /// A name to recognise it by, such as the agent using it.
+        #[arg(long)]
+        name: String,
+        /// Space- or comma-separated scopes, e.g. "account:read admin:read".
+        #[arg(long)]
+        scopes: String,
+        /// Expire after this many days (default: never).
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<u32>,
+    },
+    /// List personal access tokens (never their secrets).
+    List {
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Revoke a personal access token by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Show audit events, newest first.
+    List {
+        #[arg(long)]
+        org: Option<String>,
+        /// Only actions starting with this, e.g. "pat." or "org.create".
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// Parses arguments, runs the command, and turns any error into one line and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    let clock = SystemClock;
+    if let Command::Serve = cli.command {
+        return serve(config).await;
+    }
+    let store = open_store(&config).await?;
+    let ctx = Ctx {
+        store,
+        json: cli.json,
+        now: clock.now(),
+    };
+    let result = ctx.dispatch(cli.command).await;
+    ctx.store.close().await;
+    result
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database)
+        .await
+        .map_err(|e| anyhow!("{}: {}", redact_url(&config.database.url), describe(e)))?;
+    store.migrate().await.map_err(|e| anyhow!(describe(e)))?;
+    Ok(store)
+}
+
+/// Hides a password in a database URL before it is shown.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn describe(e: StorageError) -> String {
+    match e {
+        StorageError::Unavailable(inner) => format!("database is unreachable: {inner}"),
+        StorageError::Database(inner) => format!("database error: {inner}"),
+        other => other.to_string(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(&config.log);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = open_store(&config).await?;
+    if let Some(first) = bootstrap::ensure_initial_owner(&store, &config, clock.as_ref())
+        .await
+        .map_err(|e| anyhow!(describe(e)))?
+    {
+        // stdout, not the log: the key must reach the operator once and nowhere else.
+        println!("{}", first.banner(&config.server.public_url));
+    }
+    let public_url = config.server.public_url.clone();
+    let backend = store.backend();
+    let app = App::build_with_store(config, store, clock).await?;
+    tracing::info!(
+        addr = %app.local_addr(),
+        public_url = %public_url,
+        database = backend,
+        "gatehouse is listening"
+    );
+    app.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Ctx {
+    store: Store,
+    json: bool,
+    now: i64,
+}
+
+impl Ctx {
+    fn audit(&self, action: &str) -> AuditEntry {
+        AuditEntry::new(self.now, "cli", action)
+    }
+
+    fn print(&self, human: String, machine: serde_json::Value) {
+        if self.json {
+            print!("{}", output::json(&machine));
+        } else {
+            print!("{human}");
+        }
+    }
+
+    async fn org(&self, slug: &str) -> anyhow::Result<OrgRow> {
+        let slug = OrgSlug::parse(slug).with_context(|| format!("--org {slug:?}"))?;
+        self.store
+            .find_org_by_slug(&slug)
+            .await
+            .map_err(|e| anyhow!(describe(e)))?
+            .ok_or_else(|| anyhow!("no organization with slug {:?}", slug.as_str()))
+    }
+
+    async fn user(&self, email: &str) -> anyhow::Result<UserRow> {
+        let email = Email::parse(email)?;
+        self.store
+            .find_user_by_email(&email)
+            .await
+            .map_err(|e| anyhow!(describe(e)))?
+            .ok_or_else(|| anyhow!("no user with email {email}"))
+    }
+
+    /// The org and user, checking that the user belongs to the org.
+    async fn member(&self, who: &OrgUser) -> anyhow::Result<(OrgRow, UserRow)> {
+        let org = self.org(&who.org).await?;
+        let user = self.user(&who.user).await?;
+        let membership = self
+            .store
+            .find_membership(&org.id, &user.id)
+            .await
+            .map_err(|e| anyhow!(describe(e)))?;
+        if membership.is_none() {
+            bail!(
+                "{} is not a member of {} (add them with `gatehouse member add`)",
+                user.email,
+                org.slug
+            );
+        }
+        Ok((org, user))
+    }
+
+    async fn dispatch(&self, command: Command) -> anyhow::Result<()> {
+        match command {
+            Command::Serve => Ok(()),
+            Command::Migrate => {
+                self.print(
+                    format!("database is up to date ({})\n", self.store.backend()),
+                    json!({ "status": "migrated", "backend": self.store.backend() }),
+                );
+                Ok(())
+            }
+            Command::Org(c) => self.org_command(c).await,
+            Command::User(c) => self.user_command(c).await,
+            Command::Member(c) => self.member_command(c).await,
+            Command::Key(c) => self.key_command(c).await,
+            Command::Pat(c) => self.pat_command(c).await,
+            Command::Audit(c) => self.audit_command(c).await,
+        }
+    }
+
+    async fn org_command(&self, c: OrgCommand) -> anyhow::Result<()> {
+        match c {
+            OrgCommand::Create { slug, name } => {
+                let slug = OrgSlug::parse(&slug)?;
+                let name = OrgName::parse(name.as_deref().unwrap_or(slug.as_str()))?;
+                let org = self
+                    .store
+                    .create_org(&slug, &name, self.now, self.audit("org.create"))
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                self.print(
+                    format!("created organization {} ({})\n", org.slug, org.id),
+                    json!(org),
+                );
+            }
+            OrgCommand::List => {
+                let orgs = self
+                    .store
+                    .list_orgs()
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                let rows: Vec<Vec<String>> = orgs
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.slug.clone(),
+                            o.name.clone(),
+                            o.status.clone(),
+                            o.id.clone(),
+                            output::time(Some(o.created_at)),
+                        ]
+                    })
+                    .collect();
+                self.print(
+                    output::table(&["SLUG", "NAME", "STATUS", "ID", "CREATED"], &rows),
+                    json!(orgs),
+                );
+            }
+            OrgCommand::SetStatus { slug, status } => {
+                let slug = OrgSlug::parse(&slug)?;
+                let status: OrgStatus = status.parse()?;
+                let org = self
+                    .store
+                    .set_org_status(&slug, status, self.audit("org.set_status"))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::NotFound => {
+                            anyhow!("no organization with slug {:?}", slug.as_str())
+                        }
+                        other => anyhow!(describe(other)),
+                    })?;
+                self.print(
+                    format!("organization {} is now {}\n", org.slug, org.status),
+                    json!(org),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn user_command(&self, c: UserCommand) -> anyhow::Result<()> {
+        match c {
+            UserCommand::Create {
+                email,
+                name,
+                password_stdin,
+            } => {
+                let email = Email::parse(&email)?;
+                let default_name = email
+                    .as_str()
+                    .split('@')
+                    .next()
+                    .unwrap_or("user")
+                    .to_owned();
+                let name = DisplayName::parse(name.as_deref().unwrap_or(&default_name))?;
+                let hash = if password_stdin {
+                    Some(hash_password(read_password()?).await?)
+                } else {
+                    None
+                };
+                let user = self
+                    .store
+                    .create_user(&email, &name, hash, self.now, self.audit("user.create"))
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                self.print(
+                    format!("created user {} ({})\n", user.email, user.id),
+                    json!(user),
+                );
+            }
+            UserCommand::List => {
+                let users = self
+                    .store
+                    .list_users()
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                let rows: Vec<Vec<String>> = users
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.email.clone(),
+                            u.display_name.clone(),
+                            if u.has_password() { "yes" } else { "no" }.into(),
+                            u.id.clone(),
+                            output::time(Some(u.created_at)),
+                        ]
+                    })
+                    .collect();
+                self.print(
+                    output::table(&["EMAIL", "NAME", "PASSWORD", "ID", "CREATED"], &rows),
+                    json!(users),
+                );
+            }
+            UserCommand::SetPassword { email } => {
+                let email = Email::parse(&email)?;
+                let hash = hash_password(read_password()?).await?;
+                self.store
+                    .set_user_password(&email, &hash, self.audit("user.set_password"))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::NotFound => anyhow!("no user with email {email}"),
+                        other => anyhow!(describe(other)),
+                    })?;
+                self.print(
+                    format!("password set for {email}\n"),
+                    json!({ "email": email.as_str(), "password_set": true }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn member_command(&self, c: MemberCommand) -> anyhow::Result<()> {
+        match c {
+            MemberCommand::Add { who, role } => {
+                let role: Role = role.parse()?;
+                let org = self.org(&who.org).await?;
+                let user = self.user(&who.user).await?;
+                self.store
+                    .add_member(&org, &user, role, self.now, self.audit("member.add"))
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                self.print(
+                    format!("{} is now {} of {}\n", user.email, role, org.slug),
+                    json!({ "org": org.slug, "user": user.email, "role": role.as_str() }),
+                );
+            }
+            MemberCommand::Remove { who } => {
+                let org = self.org(&who.org).await?;
+                let user = self.user(&who.user).await?;
+                self.store
+                    .remove_member(&org, &user, self.now, self.audit("member.remove"))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::NotFound => {
+                            anyhow!("{} is not a member of {}", user.email, org.slug)
+                        }
+                        other => anyhow!(describe(other)),
+                    })?;
+                self.print(
+                    format!(
+                        "removed {} from {} and revoked their keys and tokens there\n",
+                        user.email, org.slug
+                    ),
+                    json!({ "org": org.slug, "user": user.email, "removed": true }),
+                );
+            }
+            MemberCommand::List { org } => {
+                let org = self.org(&org).await?;
+                let members = self
+                    .store
+                    .list_members(&org)
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                let rows: Vec<Vec<String>> = members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.email.clone(),
+                            m.display_name.clone(),
+                            m.role.clone(),
+                            output::time(Some(m.created_at)),
+                        ]
+                    })
+                    .collect();
+                self.print(
+                    output::table(&["EMAIL", "NAME", "ROLE", "SINCE"], &rows),
+                    json!(members),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn key_command(&self, c: KeyCommand) -> anyhow::Result<()> {
+        match c {
+            KeyCommand::Create { who, name } => {
+                let (org, user) = self.member(&who).await?;
+                let name = DisplayName::parse(&name).context("--name")?;
+                let token = PlainToken::generate(TokenKind::ApiKey);
+                let row = self
+                    .store
+                    .insert_api_key(
+                        &user.id,
+                        &org.id,
+                        name.as_str(),
+                        &token.hash(),
+                        self.now,
+                        self.audit("api_key.create"),
+                    )
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                self.print(
+                    format!(
+                        "created API key {} for {} in {}\n\n  {}\n\nThis is the only time it is shown.\n",
+                        row.id,
+                        user.email,
+                        org.slug,
+                        token.expose()
+                    ),
+                    json!({ "id": row.id, "org": org.slug, "user": user.email, "name": row.name, "api_key": token.expose() }),
+                );
+            }
+            KeyCommand::List { org } => {
+                let org_id = match org {
+                    Some(slug) => Some(self.org(&slug).await?.id),
+                    None => None,
+                };
+                let keys = self
+                    .store
+                    .list_api_keys(org_id.as_deref())
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                let rows: Vec<Vec<String>> = keys
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.id.clone(),
+                            k.org_slug.clone(),
+                            k.email.clone(),
+                            k.name.clone(),
+                            output::time(Some(k.created_at)),
+                            output::time(k.last_used_at),
+                            output::time(k.revoked_at),
+                        ]
+                    })
+                    .collect();
+                self.print(
+                    output::table(
+                        &[
+                            "ID",
+                            "ORG",
+                            "USER",
+                            "NAME",
+                            "CREATED",
+                            "LAST USED",
+                            "REVOKED",
+                        ],
+                        &rows,
+                    ),
+                    json!(keys),
+                );
+            }
+            KeyCommand::Revoke { id } => {
+                self.store
+                    .revoke_api_key(&id, self.now, self.audit("api_key.revoke"))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::NotFound => anyhow!("no API key with id {id:?}"),
+                        other => anyhow!(describe(other)),
+                    })?;
+                self.print(
+                    format!("revoked API key {id}\n"),
+                    json!({ "id": id, "revoked": true }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn pat_command(&self, c: PatCommand) -> anyhow::Result<()> {
+        match c {
+            PatCommand::Create {
+                who,
+                name,
+                scopes,
+                expires_in_days,
+            } => {
+                let scopes = parse_known_scopes(&scopes).map_err(|e| anyhow!("--scopes: {e}"))?;
+                let name = DisplayName::parse(&name).context("--name")?;
+                let expires_at = match expires_in_days {
+                    Some(0) => bail!("--expires-in-days must be at least 1"),
+                    Some(d) => Some(self.now + i64::from(d) * 86_400),
+                    None => None,
+                };
+                let (org, user) = self.member(&who).await?;
+                let token = PlainToken::generate(TokenKind::Pat);
+                let hash = token.hash();
+                let row = self
+                    .store
+                    .insert_pat(
+                        NewPat {
+                            user_id: &user.id,
+                            org_id: &org.id,
+                            name: name.as_str(),
+                            scopes: &scopes,
+                            expires_at,
+                            hash: &hash,
+                        },
+                        self.now,
+                        self.audit("pat.create"),
+                    )
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                self.print(
+                    format!(
+                        "created personal access token {} ({}) for {} in {}\nscopes: {}\nexpires: {}\n\n  {}\n\n\
+                         This is the only time it is shown. Send it as `Authorization: Bearer <token>`.\n",
+                        row.id,
+                        row.name,
+                        user.email,
+                        org.slug,
+                        row.scopes,
+                        output::time(row.expires_at),
+                        token.expose()
+                    ),
+                    json!({
+                        "id": row.id, "org": org.slug, "user": user.email, "name": row.name,
+                        "scopes": row.scopes, "expires_at": row.expires_at, "token": token.expose()
+                    }),
+                );
+            }
+            PatCommand::List { org } => {
+                let org_id = match org {
+                    Some(slug) => Some(self.org(&slug).await?.id),
+                    None => None,
+                };
+                let pats = self
+                    .store
+                    .list_pats(org_id.as_deref())
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                let rows: Vec<Vec<String>> = pats
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.id.clone(),
+                            p.org_slug.clone(),
+                            p.email.clone(),
+                            p.name.clone(),
+                            p.scopes.clone(),
+                            output::time(p.expires_at),
+                            output::time(p.last_used_at),
+                            output::time(p.revoked_at),
+                        ]
+                    })
+                    .collect();
+                self.print(
+                    output::table(
+                        &[
+                            "ID",
+                            "ORG",
+                            "USER",
+                            "NAME",
+                            "SCOPES",
+                            "EXPIRES",
+                            "LAST USED",
+                            "REVOKED",
+                        ],
+                        &rows,
+                    ),
+                    json!(pats),
+                );
+            }
+            PatCommand::Revoke { id } => {
+                self.store
+                    .revoke_pat(&id, self.now, self.audit("pat.revoke"))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::NotFound => {
+                            anyhow!("no personal access token with id {id:?}")
+                        }
+                        other => anyhow!(describe(other)),
+                    })?;
+                self.print(
+                    format!("revoked personal access token {id}\n"),
+                    json!({ "id": id, "revoked": true }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit_command(&self, c: AuditCommand) -> anyhow::Result<()> {
+        let AuditCommand::List { org, action, limit } = c;
+        let org_id = match org {
+            Some(slug) => Some(self.org(&slug).await?.id),
+            None => None,
+        };
+        let events = self
+            .store
+            .list_audit(&AuditFilter {
+                org_id,
+                action_prefix: action,
+                limit: i64::from(limit),
+            })
+            .await
+            .map_err(|e| anyhow!(describe(e)))?;
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                vec![
+                    output::time(Some(e.at)),
+                    e.actor.clone(),
+                    e.action.clone(),
+                    e.target.clone().unwrap_or_else(|| "-".into()),
+                    e.source_addr.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        self.print(
+            output::table(&["TIME", "ACTOR", "ACTION", "TARGET", "SOURCE"], &rows),
+            json!(events),
+        );
+        Ok(())
+    }
+}
+
+fn read_password() -> anyhow::Result<Password> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    Ok(Password::parse(line)?)
+}

@@ -1,0 +1,618 @@
+//! Layered configuration: built-in defaults, then a TOML file, then environment variables
+//! named `GATEHOUSE__SECTION__KEY`. The raw layer is checked into a typed [`Config`];
+//! any problem names the key (and the variable, when it came from the environment).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::Email;
+
+pub const ENV_PREFIX: &str = "GATEHOUSE__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{origin}: {message}")]
+    Key { origin: String, message: String },
+}
+
+/// Where a key's value came from, for error messages.
+struct Origins(BTreeMap<String, String>);
+
+impl Origins {
+    fn describe(&self, key: &str) -> String {
+        match self.0.get(key) {
+            Some(var) => format!("config key `{key}` (from {var})"),
+            None => format!("config key `{key}`"),
+        }
+    }
+
+    fn error(&self, key: &str, message: impl fmt::Display) -> ConfigError {
+        ConfigError::Key {
+            origin: self.describe(key),
+            message: message.to_string(),
+        }
+    }
+}
+
+// ---------- raw layer: what the file and the environment may say ----------
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    database: RawDatabase,
+    tokens: RawTokens,
+    bootstrap: RawBootstrap,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    bind: String,
+    public_url: Option<String>,
+    mode: String,
+    #[serde(deserialize_with = "lenient")]
+    request_timeout_secs: u64,
+    #[serde(deserialize_with = "lenient")]
+    max_body_bytes: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            public_url: None,
+            mode: "development".into(),
+            request_timeout_secs: 30,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: String,
+    #[serde(deserialize_with = "lenient")]
+    max_connections: u32,
+    #[serde(deserialize_with = "lenient")]
+    connect_timeout_secs: u64,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://gatehouse.db".into(),
+            max_connections: 10,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTokens {
+    #[serde(deserialize_with = "lenient")]
+    code_ttl_secs: u64,
+    #[serde(deserialize_with = "lenient")]
+    access_ttl_secs: u64,
+    #[serde(deserialize_with = "lenient")]
+    refresh_ttl_secs: u64,
+    #[serde(deserialize_with = "lenient")]
+    refresh_grace_secs: u64,
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        Self {
+            code_ttl_secs: 60,
+            access_ttl_secs: 3600,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            refresh_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBootstrap {
+    owner_email: String,
+}
+
+impl Default for RawBootstrap {
+    fn default() -> Self {
+        Self {
+            owner_email: "owner@localhost".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+    filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "pretty".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Numbers may come from TOML natively or from the environment as strings.
+fn lenient<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i64> + std::str::FromStr,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrString {
+        Num(i64),
+        Str(String),
+    }
+    let out_of_range = || serde::de::Error::custom("expected a non-negative whole number");
+    match NumOrString::deserialize(de)? {
+        NumOrString::Num(n) => T::try_from(n).map_err(|_| out_of_range()),
+        NumOrString::Str(s) => s.trim().parse::<T>().map_err(|_| {
+            serde::de::Error::custom(format!("expected a non-negative whole number, got {s:?}"))
+        }),
+    }
+}
+
+// ---------- checked layer: what the program uses ----------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Local use: relaxed checks, loud warnings.
+    Development,
+    /// Refuses to start with settings that are unsafe on the internet.
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub tokens: TokenConfig,
+    pub bootstrap: BootstrapConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    /// The issuer and the base of every published URL: scheme, host and optional port,
+    /// optional path, never a trailing slash.
+    pub public_url: String,
+    pub mode: Mode,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub code_ttl_secs: i64,
+    pub access_ttl_secs: i64,
+    pub refresh_ttl_secs: i64,
+    pub refresh_grace_secs: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootstrapConfig {
+    pub owner_email: Email,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `GATEHOUSE__*` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.display().to_string(),
+                        message: e.message().to_owned(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut origins = Origins(BTreeMap::new());
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            let [section, key] = parts.as_slice() else {
+                return Err(ConfigError::Key {
+                    origin: format!("environment variable {name}"),
+                    message: "expected the form GATEHOUSE__SECTION__KEY".into(),
+                });
+            };
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section_table) = entry else {
+                return Err(ConfigError::Key {
+                    origin: format!("config key `{section}`"),
+                    message: "must be a table".into(),
+                });
+            };
+            section_table.insert(key.clone(), toml::Value::String(value));
+            origins.0.insert(format!("{section}.{key}"), name.clone());
+        }
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.inner().to_string();
+                // An unknown field is reported at its parent; name the field itself.
+                if path == "." {
+                    ConfigError::Key {
+                        origin: "config".into(),
+                        message,
+                    }
+                } else {
+                    origins.error(&path, message)
+                }
+            })?;
+        Self::check(raw, &origins)
+    }
+
+    /// The built-in defaults, with nothing read from a file or the environment.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::load_from(None, std::iter::empty())
+    }
+
+    fn check(raw: RawConfig, o: &Origins) -> Result<Self, ConfigError> {
+        let bind: SocketAddr = raw.server.bind.parse().map_err(|_| {
+            o.error(
+                "server.bind",
+                format!(
+                    "{:?} is not a socket address like 127.0.0.1:8080",
+                    raw.server.bind
+                ),
+            )
+        })?;
+        let mode = match raw.server.mode.as_str() {
+            "development" => Mode::Development,
+            "production" => Mode::Production,
+            other => {
+                return Err(o.error(
+                    "server.mode",
+                    format!("{other:?} is not one of development, production"),
+                ));
+            }
+        };
+        let public_url = match raw.server.public_url.as_deref() {
+            Some(raw_url) => {
+                canonical_public_url(raw_url).map_err(|m| o.error("server.public_url", m))?
+            }
+            None => {
+                let host = if bind.ip().is_unspecified() {
+                    "localhost".to_owned()
+                } else {
+                    bind.to_string()
+                };
+                let host = if bind.ip().is_unspecified() {
+                    format!("{host}:{}", bind.port())
+                } else {
+                    host
+                };
+                format!("http://{host}")
+            }
+        };
+        if mode == Mode::Production && !public_url.starts_with("https://") {
+            return Err(o.error(
+                "server.public_url",
+                "production mode needs an https public URL (put TLS in front and set this to the https address)",
+            ));
+        }
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(o.error(key, "must be greater than zero"))
+            } else {
+                Ok(v)
+            }
+        };
+        let secs = |key: &str, v: u64| -> Result<i64, ConfigError> {
+            let v = positive(key, v)?;
+            i64::try_from(v)
+                .ok()
+                .filter(|v| *v <= 10 * 365 * 24 * 3600)
+                .ok_or_else(|| o.error(key, "must be at most ten years"))
+        };
+
+        let url = raw.database.url.trim().to_owned();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(o.error(
+                "database.url",
+                "must start with sqlite: (for example sqlite://gatehouse.db) or postgres://",
+            ));
+        }
+        let max_connections = raw.database.max_connections;
+        if max_connections == 0 || max_connections > 1000 {
+            return Err(o.error("database.max_connections", "must be between 1 and 1000"));
+        }
+
+        let tokens = TokenConfig {
+            code_ttl_secs: secs("tokens.code_ttl_secs", raw.tokens.code_ttl_secs)?,
+            access_ttl_secs: secs("tokens.access_ttl_secs", raw.tokens.access_ttl_secs)?,
+            refresh_ttl_secs: secs("tokens.refresh_ttl_secs", raw.tokens.refresh_ttl_secs)?,
+            refresh_grace_secs: i64::try_from(raw.tokens.refresh_grace_secs)
+                .ok()
+                .filter(|v| *v <= 3600)
+                .ok_or_else(|| o.error("tokens.refresh_grace_secs", "must be at most 3600"))?,
+        };
+        if tokens.code_ttl_secs > 600 {
+            return Err(o.error(
+                "tokens.code_ttl_secs",
+                "must be at most 600 (codes are meant to be short-lived)",
+            ));
+        }
+
+        let owner_email = Email::parse(&raw.bootstrap.owner_email)
+            .map_err(|e| o.error("bootstrap.owner_email", e))?;
+
+        let format = match raw.log.format.as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(o.error(
+                    "log.format",
+                    format!("{other:?} is not one of pretty, json"),
+                ));
+            }
+        };
+        tracing_subscriber::EnvFilter::try_new(&raw.log.filter)
+            .map_err(|e| o.error("log.filter", format!("not a valid filter: {e}")))?;
+
+        let request_timeout_secs = positive(
+            "server.request_timeout_secs",
+            raw.server.request_timeout_secs,
+        )?;
+        let max_body_bytes = usize::try_from(positive(
+            "server.max_body_bytes",
+            raw.server.max_body_bytes,
+        )?)
+        .map_err(|_| o.error("server.max_body_bytes", "too large"))?;
+
+        Ok(Self {
+            server: ServerConfig {
+                bind,
+                public_url,
+                mode,
+                request_timeout: Duration::from_secs(request_timeout_secs),
+                max_body_bytes,
+            },
+            database: DatabaseConfig {
+                url,
+                max_connections,
+                connect_timeout: Duration::from_secs(positive(
+                    "database.connect_timeout_secs",
+                    raw.database.connect_timeout_secs,
+                )?),
+            },
+            tokens,
+            bootstrap: BootstrapConfig { owner_email },
+            log: LogConfig {
+                format,
+                filter: raw.log.filter,
+            },
+        })
+    }
+}
+
+/// `https://Example.com:443/base/` → `https://example.com/base`: one canonical string,
+/// because clients compare the issuer byte for byte.
+fn canonical_public_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http or https URL".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain credentials".into());
+    }
+    let host = url.host_str().ok_or("must have a host")?;
+    let mut out = format!("{}://{}", url.scheme(), host);
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path().trim_end_matches('/'));
+    Ok(out)
+}
+
+/// Every key, for `--help` style listings and the example file's test.
+pub fn known_keys() -> BTreeSet<&'static str> {
+    [
+        "server.bind",
+        "server.public_url",
+        "server.mode",
+        "server.request_timeout_secs",
+        "server.max_body_bytes",
+        "database.url",
+        "database.max_connections",
+        "database.connect_timeout_secs",
+        "tokens.code_ttl_secs",
+        "tokens.access_ttl_secs",
+        "tokens.refresh_ttl_secs",
+        "tokens.refresh_grace_secs",
+        "bootstrap.owner_email",
+        "log.format",
+        "log.filter",
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_public_url_follows_bind() {
+        let c = Config::defaults().unwrap();
+        assert_eq!(c.server.public_url, "http://127.0.0.1:8080");
+        assert_eq!(c.database.url, "sqlite://gatehouse.db");
+        assert_eq!(c.tokens.access_ttl_secs, 3600);
+    }
+
+    #[test]
+    fn env_overrides_with_numbers_as_strings() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("GATEHOUSE__TOKENS__ACCESS_TTL_SECS", "86400"),
+                ("GATEHOUSE__SERVER__PUBLIC_URL", "https://Gate.Example.com/"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.tokens.access_ttl_secs, 86400);
+        assert_eq!(c.server.public_url, "https://gate.example.com");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = Config::load_from(None, env(&[("GATEHOUSE__SERVER__BNID", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bnid"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_variable() {
+        let err = Config::load_from(None, env(&[("GATEHOUSE__SERVER__BIND", "nope")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.bind"), "{err}");
+        assert!(err.contains("GATEHOUSE__SERVER__BIND"), "{err}");
+        let err = Config::load_from(
+            None,
+            env(&[("GATEHOUSE__DATABASE__MAX_CONNECTIONS", "lots")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn production_requires_https() {
+        let err = Config::load_from(None, env(&[("GATEHOUSE__SERVER__MODE", "production")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.public_url"), "{err}");
+    }
+
+    #[test]
+    fn public_url_canonical_form() {
+        assert_eq!(
+            canonical_public_url("https://a.example:8443/x/").unwrap(),
+            "https://a.example:8443/x"
+        );
+        assert_eq!(
+            canonical_public_url("https://a.example:443").unwrap(),
+            "https://a.example"
+        );
+        assert!(canonical_public_url("https://a.example/?q=1").is_err());
+        assert!(canonical_public_url("ftp://a.example").is_err());
+    }
+
+    #[test]
+    fn file_layer_is_read_and_unknown_file_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(
+            Config::load_from(Some(&path), []).unwrap().log.format,
+            LogFormat::Json
+        );
+        std::fs::write(&path, "[log]\nfromat = \"json\"\n").unwrap();
+        let err = Config::load_from(Some(&path), []).unwrap_err().to_string();
+        assert!(err.contains("fromat"), "{err}");
+        std::fs::write(&path, "[log\n").unwrap();
+        let err = Config::load_from(Some(&path), []).unwrap_err().to_string();
+        assert!(err.contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn example_file_documents_every_key_and_parses() {
+        let text = include_str!("../config.example.toml");
+        for key in known_keys() {
+            let (section, name) = key.split_once('.').unwrap();
+            let env_name = format!(
+                "GATEHOUSE__{}__{}",
+                section.to_uppercase(),
+                name.to_uppercase()
+            );
+            assert!(text.contains(&env_name), "{env_name} missing from example");
+            assert!(
+                text.contains(&format!("{name} =")),
+                "{key} missing from example"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_from(Some(&path), []).unwrap();
+    }
+}

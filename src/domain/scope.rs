@@ -1,0 +1,231 @@
+//! OAuth scopes (RFC 6749 §3.3): space-delimited, case-sensitive tokens.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScopeError {
+    #[error("{0:?} is not a valid scope token")]
+    Malformed(String),
+    #[error("too many scopes (at most {0})")]
+    TooMany(usize),
+}
+
+const MAX_SCOPES: usize = 64;
+const MAX_SCOPE_LEN: usize = 128;
+
+/// One scope token: `1*( %x21 / %x23-5B / %x5D-7E )`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Scope(String);
+
+impl Scope {
+    pub fn parse(raw: &str) -> Result<Self, ScopeError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= MAX_SCOPE_LEN
+            && raw
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ScopeError::Malformed(raw.chars().take(40).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = ScopeError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Scope> for String {
+    fn from(value: Scope) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A set of scopes, kept sorted so its string form is canonical.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ScopeSet(BTreeSet<Scope>);
+
+impl ScopeSet {
+    /// Parses a space-delimited list; repeated spaces and duplicates are tolerated.
+    pub fn parse(raw: &str) -> Result<Self, ScopeError> {
+        let mut set = BTreeSet::new();
+        for token in raw.split(' ').filter(|t| !t.is_empty()) {
+            set.insert(Scope::parse(token)?);
+            if set.len() > MAX_SCOPES {
+                return Err(ScopeError::TooMany(MAX_SCOPES));
+            }
+        }
+        Ok(Self(set))
+    }
+
+    pub fn from_scopes(scopes: impl IntoIterator<Item = Scope>) -> Self {
+        Self(scopes.into_iter().collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.iter().any(|s| s.as_str() == scope)
+    }
+
+    pub fn is_subset(&self, other: &ScopeSet) -> bool {
+        self.0.is_subset(&other.0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Scope> {
+        self.0.iter()
+    }
+
+    /// Keeps only the scopes `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Scope) -> bool) {
+        self.0.retain(|s| keep(s));
+    }
+
+    pub fn union(&self, other: &ScopeSet) -> ScopeSet {
+        Self(self.0.union(&other.0).cloned().collect())
+    }
+
+    pub fn difference(&self, other: &ScopeSet) -> ScopeSet {
+        Self(self.0.difference(&other.0).cloned().collect())
+    }
+}
+
+impl fmt::Display for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for s in &self.0 {
+            if !first {
+                f.write_str(" ")?;
+            }
+            f.write_str(s.as_str())?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_space_delimited_scopes_in_canonical_order() {
+        let set = ScopeSet::parse("b a  b").unwrap();
+        assert_eq!(set.to_string(), "a b");
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn rejects_quotes_backslashes_and_control_characters() {
+        for bad in ["a\"b", "a\\b", "a\tb", "é"] {
+            assert!(ScopeSet::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn empty_string_is_the_empty_set() {
+        assert!(ScopeSet::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn subset_and_difference() {
+        let small = ScopeSet::parse("account:read").unwrap();
+        let big = ScopeSet::parse("account:read account:write").unwrap();
+        assert!(small.is_subset(&big));
+        assert!(!big.is_subset(&small));
+        assert_eq!(big.difference(&small).to_string(), "account:write");
+    }
+
+    #[test]
+    fn caps_the_number_of_scopes() {
+        let many: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+        assert_eq!(
+            ScopeSet::parse(&many.join(" ")),
+            Err(ScopeError::TooMany(64))
+        );
+    }
+}
+
+/// The scopes Gatehouse itself defines, with the words shown to a person on the consent page.
+pub const BUILTIN_SCOPES: &[(&str, &str)] = &[
+    (
+        "account:read",
+        "See your account, connections, tokens and usage",
+    ),
+    (
+        "account:write",
+        "Create and revoke your access tokens and connections",
+    ),
+    (
+        "admin:read",
+        "See your organization's members and audit log",
+    ),
+    (
+        "admin:write",
+        "Manage your organization's members and settings",
+    ),
+];
+
+/// Parses scopes a person asked for by name, refusing any Gatehouse does not define.
+pub fn parse_known_scopes(raw: &str) -> Result<ScopeSet, String> {
+    let set = ScopeSet::parse(&raw.replace(',', " ")).map_err(|e| e.to_string())?;
+    if set.is_empty() {
+        return Err("at least one scope is needed".into());
+    }
+    for s in set.iter() {
+        if !BUILTIN_SCOPES.iter().any(|(name, _)| *name == s.as_str()) {
+            let known: Vec<&str> = BUILTIN_SCOPES.iter().map(|(n, _)| *n).collect();
+            return Err(format!(
+                "unknown scope {:?} (known: {})",
+                s.as_str(),
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod known_tests {
+    use super::*;
+
+    #[test]
+    fn known_scopes_accept_commas_and_refuse_unknown() {
+        assert_eq!(
+            parse_known_scopes("account:read,admin:read")
+                .unwrap()
+                .to_string(),
+            "account:read admin:read"
+        );
+        assert!(
+            parse_known_scopes("account:read bogus")
+                .unwrap_err()
+                .contains("bogus")
+        );
+        assert!(parse_known_scopes("").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! Layers applied to every route.
+
+use std::any::Any;
+
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use axum::response::IntoResponse;
+use tower_http::request_id::RequestId;
+
+use super::json_error;
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The span every request runs in; the request id ties log lines together.
+pub fn request_span(req: &Request<Body>) -> tracing::Span {
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    )
+}
+
+/// Headers every response gets. Pages add their own CSP on top.
+pub async fn security_headers(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    h.entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
+    h.entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    res
+}
+
+/// Turns a panic into a generic 500; the panic itself is logged, never sent.
+pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let detail = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "request handler panicked");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "internal error",
+    )
+}
+
+/// Gives error statuses produced by layers (413 from the body limit, 408 from the
+/// timeout) a JSON body instead of an empty one, and logs 5xx once.
+pub async fn error_bodies(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let res = next.run(req).await;
+    let status = res.status();
+    let empty = res
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v == "0")
+        || res.headers().get(header::CONTENT_TYPE).is_none();
+    if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), "request failed");
+    }
+    if !empty {
+        return res;
+    }
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            json_error(status, "invalid_request", "request body is too large")
+        }
+        StatusCode::REQUEST_TIMEOUT => json_error(status, "invalid_request", "request timed out"),
+        _ => res.into_response(),
+    }
+}

@@ -1,0 +1,86 @@
+//! The whole HTTP surface in one place. Each area owns its handlers; this file only
+//! assembles them and applies the layers every request goes through.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::http::json_error;
+use crate::http::middleware::{self, REQUEST_ID};
+use crate::state::AppState;
+
+/// Paths shared by the router and the metadata documents that publish them.
+pub mod paths {
+    pub const HEALTHZ: &str = "/healthz";
+    pub const READYZ: &str = "/readyz";
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.server.max_body_bytes;
+    let timeout = state.config.server.request_timeout;
+    Router::new()
+        .route(paths::HEALTHZ, get(get_healthz))
+        .route(paths::READYZ, get(get_readyz))
+        .fallback(not_found)
+        .with_state(state)
+        // Router::layer wraps outward: the last layer added sees the request first.
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout.max(Duration::from_millis(1)),
+        ))
+        .layer(axum::middleware::from_fn(middleware::security_headers))
+        .layer(axum::middleware::from_fn(middleware::error_bodies))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(middleware::request_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+/// The process is up and serving HTTP.
+async fn get_healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// The process can do useful work: its database answers.
+async fn get_readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => axum::Json(serde_json::json!({
+            "status": "ready",
+            "database": state.store.backend(),
+        }))
+        .into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "database is unreachable",
+            )
+        }
+        Err(_) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "database did not answer in time",
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
