@@ -54,6 +54,17 @@ impl App {
                 addr: config.server.bind,
                 source,
             })?;
+        Self::from_parts(config, store, clock, listener)
+    }
+
+    /// Assembles an app around a listener bound by the caller, so that a test can learn
+    /// its port before choosing the public URL.
+    pub fn from_parts(
+        config: Config,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        listener: TcpListener,
+    ) -> Result<Self, AppError> {
         let addr = listener.local_addr().map_err(AppError::Serve)?;
         let state = AppState {
             store,

@@ -63,15 +63,15 @@ pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
 pub async fn error_bodies(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
     let res = next.run(req).await;
     let status = res.status();
-    let empty = res
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v == "0")
-        || res.headers().get(header::CONTENT_TYPE).is_none();
     if status.is_server_error() {
         tracing::error!(status = status.as_u16(), "request failed");
     }
-    if !empty {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
         return res;
     }
     match status {

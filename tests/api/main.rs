@@ -1,1 +1,8 @@
+//! The one integration-test binary. Every test here talks to a real server (or the real
+//! CLI binary) with a fresh database, on SQLite and on PostgreSQL.
 
+mod helpers;
+
+mod cli;
+mod health;
+mod storage;

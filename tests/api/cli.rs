@@ -1,0 +1,479 @@
+//! The real `gatehouse` binary, run as an operator would.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::both_backends;
+use crate::helpers::{TestDb, cli, cli_env, gatehouse_bin};
+
+both_backends!(db:
+    accounts_can_be_administered_end_to_end,
+    cli_errors_are_one_clear_line_and_change_nothing,
+    a_database_from_a_newer_version_is_refused,
+    first_serve_prints_the_owner_key_once_and_stores_only_its_hash,
+);
+
+async fn accounts_can_be_administered_end_to_end(db: TestDb) {
+    let org = cli(
+        &db,
+        &["--json", "org", "create", "acme", "--name", "Acme Corp"],
+        None,
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(org["slug"], "acme");
+    assert_eq!(org["status"], "active");
+
+    cli(
+        &db,
+        &[
+            "user",
+            "create",
+            "Ada@Example.com",
+            "--name",
+            "Ada",
+            "--password-stdin",
+        ],
+        Some("a long enough password\n"),
+    )
+    .await
+    .ok();
+    let users = cli(&db, &["--json", "user", "list"], None)
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        users[0]["email"], "ada@example.com",
+        "emails are normalised"
+    );
+    assert!(
+        users[0].get("password_hash").is_none(),
+        "hashes are never printed"
+    );
+
+    cli(
+        &db,
+        &[
+            "member",
+            "add",
+            "--org",
+            "acme",
+            "--user",
+            "ada@example.com",
+            "--role",
+            "owner",
+        ],
+        None,
+    )
+    .await
+    .ok();
+    let members = cli(&db, &["--json", "member", "list", "--org", "acme"], None)
+        .await
+        .ok()
+        .json();
+    assert_eq!(members[0]["role"], "owner");
+
+    let key = cli(
+        &db,
+        &[
+            "--json",
+            "key",
+            "create",
+            "--org",
+            "acme",
+            "--user",
+            "ada@example.com",
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .json();
+    let api_key = key["api_key"].as_str().unwrap().to_owned();
+    assert!(api_key.starts_with("gth_key_"));
+
+    let pat = cli(
+        &db,
+        &[
+            "--json",
+            "pat",
+            "create",
+            "--org",
+            "acme",
+            "--user",
+            "ada@example.com",
+            "--name",
+            "ci",
+            "--scopes",
+            "account:read,admin:read",
+            "--expires-in-days",
+            "30",
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .json();
+    let token = pat["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("gth_pat_"));
+    assert_eq!(pat["scopes"], "account:read admin:read");
+
+    // Listings never show secrets.
+    let keys = cli(&db, &["key", "list"], None).await.ok();
+    assert!(!keys.stdout.contains(&api_key));
+    let pats = cli(&db, &["--json", "pat", "list", "--org", "acme"], None)
+        .await
+        .ok();
+    assert!(!pats.stdout.contains(&token));
+    let pat_id = pats.json()[0]["id"].as_str().unwrap().to_owned();
+
+    // Only the hash is stored: the store finds the token by its digest.
+    let store = db.store().await;
+    let hash = gatehouse::crypto::PlainToken::parse(gatehouse::crypto::TokenKind::Pat, &token)
+        .unwrap()
+        .hash();
+    assert!(store.find_pat_by_hash(&hash, 0).await.unwrap().is_some());
+
+    cli(&db, &["pat", "revoke", &pat_id], None).await.ok();
+    let pats = cli(&db, &["--json", "pat", "list"], None).await.ok().json();
+    assert!(pats[0]["revoked_at"].is_i64());
+
+    cli(&db, &["org", "set-status", "acme", "read_only"], None)
+        .await
+        .ok();
+    let orgs = cli(&db, &["--json", "org", "list"], None).await.ok().json();
+    assert_eq!(orgs[0]["status"], "read_only");
+
+    let human = cli(&db, &["org", "list"], None).await.ok();
+    assert!(human.stdout.starts_with("SLUG"), "{}", human.stdout);
+
+    let audit = cli(&db, &["--json", "audit", "list", "--org", "acme"], None)
+        .await
+        .ok()
+        .json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "org.create",
+        "member.add",
+        "api_key.create",
+        "pat.create",
+        "pat.revoke",
+        "org.set_status",
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected} missing from {actions:?}"
+        );
+    }
+    let only_pats = cli(&db, &["--json", "audit", "list", "--action", "pat."], None)
+        .await
+        .ok()
+        .json();
+    assert_eq!(only_pats.as_array().unwrap().len(), 2);
+}
+
+async fn cli_errors_are_one_clear_line_and_change_nothing(db: TestDb) {
+    cli(&db, &["org", "create", "acme"], None).await.ok();
+    cli(&db, &["user", "create", "ada@example.com"], None)
+        .await
+        .ok();
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["org", "create", "acme"], "already exists"),
+        (&["org", "create", "Not A Slug"], "slug"),
+        (&["org", "set-status", "acme", "frozen"], "frozen"),
+        (&["org", "set-status", "nope", "active"], "no organization"),
+        (&["user", "create", "ada@example.com"], "already exists"),
+        (&["user", "create", "not-an-email"], "not-an-email"),
+        (
+            &[
+                "member",
+                "add",
+                "--org",
+                "nope",
+                "--user",
+                "ada@example.com",
+            ],
+            "no organization",
+        ),
+        (
+            &[
+                "member",
+                "add",
+                "--org",
+                "acme",
+                "--user",
+                "ada@example.com",
+                "--role",
+                "king",
+            ],
+            "king",
+        ),
+        (
+            &[
+                "member",
+                "remove",
+                "--org",
+                "acme",
+                "--user",
+                "ada@example.com",
+            ],
+            "not a member",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--org",
+                "acme",
+                "--user",
+                "ada@example.com",
+            ],
+            "not a member",
+        ),
+        (
+            &[
+                "pat",
+                "create",
+                "--org",
+                "acme",
+                "--user",
+                "ada@example.com",
+                "--name",
+                "x",
+                "--scopes",
+                "bogus",
+            ],
+            "bogus",
+        ),
+        (
+            &["pat", "revoke", "pat_nothere"],
+            "no personal access token",
+        ),
+        (&["key", "revoke", "key_nothere"], "no API key"),
+    ];
+    for (args, needle) in cases {
+        let out = cli(&db, args, None).await.failed();
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {}",
+            out.stderr
+        );
+    }
+
+    // A password too short is refused and no user is half-created.
+    let out = cli(
+        &db,
+        &["user", "create", "bob@example.com", "--password-stdin"],
+        Some("short\n"),
+    )
+    .await
+    .failed();
+    assert!(out.stderr.contains("password"), "{}", out.stderr);
+    let users = cli(&db, &["--json", "user", "list"], None)
+        .await
+        .ok()
+        .json();
+    assert_eq!(users.as_array().unwrap().len(), 1);
+
+    // Configuration mistakes name the key.
+    let out = cli_env(
+        &db,
+        &["org", "list"],
+        None,
+        &[("GATEHOUSE__DATABASE__MAX_CONNECTIONS", "lots")],
+    )
+    .await
+    .failed();
+    assert!(
+        out.stderr.contains("database.max_connections"),
+        "{}",
+        out.stderr
+    );
+    let out = cli_env(
+        &db,
+        &["org", "list"],
+        None,
+        &[("GATEHOUSE__SERVER__BNID", "x")],
+    )
+    .await
+    .failed();
+    assert!(out.stderr.contains("bnid"), "{}", out.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server\nbind = 1").unwrap();
+    let out = cli(
+        &db,
+        &["--config", bad.to_str().unwrap(), "org", "list"],
+        None,
+    )
+    .await
+    .failed();
+    assert!(out.stderr.contains("not valid TOML"), "{}", out.stderr);
+}
+
+async fn a_database_from_a_newer_version_is_refused(db: TestDb) {
+    cli(&db, &["migrate"], None).await.ok();
+    let store = db.store().await;
+    let sql = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+               VALUES (9999, 'from the future', TRUE, $1, 0)";
+    match &store {
+        gatehouse::storage::Store::Postgres(pool) => {
+            sqlx::query(sql)
+                .bind(vec![0u8; 48])
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        gatehouse::storage::Store::Sqlite(pool) => {
+            sqlx::query(sql)
+                .bind(vec![0u8; 48])
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+    store.close().await;
+    let out = cli(&db, &["migrate"], None).await.failed();
+    assert!(out.stderr.contains("newer version"), "{}", out.stderr);
+    let out = cli(&db, &["org", "list"], None).await.failed();
+    assert!(out.stderr.contains("9999"), "{}", out.stderr);
+}
+
+/// Starts `gatehouse serve` on a free port; returns the child, its stdout so far
+/// (up to the "listening" log line) and the port.
+async fn start_server(db: &TestDb) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(gatehouse_bin())
+        .arg("serve")
+        .env_clear()
+        .env("GATEHOUSE__DATABASE__URL", &db.url)
+        .env("GATEHOUSE__SERVER__BIND", "127.0.0.1:0")
+        .env("GATEHOUSE__LOG__FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let listening = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("gatehouse is listening") {
+                return line;
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server did not start in time");
+    let log: serde_json::Value = serde_json::from_str(&listening).expect("json log line");
+    assert!(log["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    // Keep draining stderr so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, listening)
+}
+
+async fn stop_server(mut child: tokio::process::Child) -> String {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut stdout = child.stdout.take().unwrap();
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut out)
+        .await
+        .unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("graceful stop")
+        .unwrap();
+    assert!(code.success(), "SIGTERM ends the server cleanly: {code:?}");
+    out
+}
+
+async fn first_serve_prints_the_owner_key_once_and_stores_only_its_hash(db: TestDb) {
+    let (child, _) = start_server(&db).await;
+    let first = stop_server(child).await;
+    let key = first
+        .split_whitespace()
+        .find(|w| w.starts_with("gth_key_"))
+        .unwrap_or_else(|| panic!("no key in banner: {first}"))
+        .to_owned();
+    assert!(first.contains("owner@localhost"));
+
+    let (child, _) = start_server(&db).await;
+    let second = stop_server(child).await;
+    assert!(
+        !second.contains("gth_key_"),
+        "a later start prints nothing secret: {second}"
+    );
+
+    let store = db.store().await;
+    let hash = gatehouse::crypto::PlainToken::parse(gatehouse::crypto::TokenKind::ApiKey, &key)
+        .unwrap()
+        .hash();
+    let row = store
+        .find_api_key_by_hash(&hash)
+        .await
+        .unwrap()
+        .expect("key stored by hash");
+    assert_eq!(row.org_slug, "default");
+    let members = cli(&db, &["--json", "member", "list", "--org", "default"], None)
+        .await
+        .ok()
+        .json();
+    assert_eq!(members[0]["role"], "owner");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_one_line_and_a_failure() {
+    let Some(db) = TestDb::new(crate::helpers::Backend::Sqlite).await else {
+        return;
+    };
+    let out = cli_env(
+        &db,
+        &["org", "list"],
+        None,
+        &[
+            (
+                "GATEHOUSE__DATABASE__URL",
+                "postgres://postgres:secret@127.0.0.1:1/nothing",
+            ),
+            ("GATEHOUSE__DATABASE__CONNECT_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await
+    .failed();
+    assert!(out.stderr.contains("unreachable"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("secret"),
+        "passwords in URLs are hidden: {}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1);
+}
+
+#[tokio::test]
+async fn help_lists_every_command() {
+    let out = std::process::Command::new(gatehouse_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "serve", "migrate", "org", "user", "member", "key", "pat", "audit",
+    ] {
+        assert!(help.contains(cmd), "{cmd} missing from --help");
+    }
+}

@@ -1,0 +1,82 @@
+use reqwest::StatusCode;
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestApp};
+
+both_backends!(
+    healthz_answers_ok,
+    readyz_names_the_database_backend,
+    readyz_is_503_when_the_database_is_gone,
+    unknown_route_gets_a_json_404_with_request_id,
+    oversized_body_gets_413_and_the_server_keeps_serving,
+);
+
+async fn healthz_answers_ok(app: TestApp) {
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+}
+
+async fn readyz_names_the_database_backend(app: TestApp) {
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: serde_json::Value = res.json().await.unwrap();
+    let expected = match app.db.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    assert_eq!(body["database"], expected);
+}
+
+async fn readyz_is_503_when_the_database_is_gone(app: TestApp) {
+    app.store.close().await;
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    // The process itself is still up.
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn unknown_route_gets_a_json_404_with_request_id(app: TestApp) {
+    let res = app
+        .client
+        .get(app.url("/no/such/thing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID request id: {id}");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+
+    // A request id sent by a proxy is kept.
+    let res = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "from-the-proxy-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "from-the-proxy-1");
+}
+
+async fn oversized_body_gets_413_and_the_server_keeps_serving(app: TestApp) {
+    let big = vec![b'x'; app.config.server.max_body_bytes + 1];
+    let res = app
+        .client
+        .post(app.url("/healthz"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
