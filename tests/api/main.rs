@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic by design
 //! The one integration-test binary. Every test here talks to a real server (or the real
 //! CLI binary) with a fresh database, on SQLite and on PostgreSQL.
 
