@@ -8,6 +8,7 @@
 
 mod accounts;
 mod audit;
+pub mod oauth;
 pub mod credentials;
 pub mod records;
 

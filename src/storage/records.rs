@@ -77,3 +77,70 @@ pub struct AuditRow {
     pub source_addr: Option<String>,
     pub detail: Option<String>,
 }
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct ClientRow {
+    pub id: String,
+    pub origin: String,
+    pub name: String,
+    /// JSON array of strings.
+    pub redirect_uris: String,
+    pub auth_method: String,
+    #[serde(skip)]
+    pub secret_hash: Option<String>,
+    pub can_introspect: bool,
+    #[serde(skip)]
+    pub dedupe_key: Option<String>,
+    /// The registration metadata as the client sent it (JSON).
+    pub metadata: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+impl ClientRow {
+    pub fn redirect_uri_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.redirect_uris).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CodeRow {
+    pub code_hash: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub scopes: String,
+    pub resource: String,
+    pub user_id: String,
+    pub org_id: String,
+    pub family_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RefreshRow {
+    pub token_hash: String,
+    pub family_id: String,
+    pub client_id: String,
+    pub scopes: String,
+    pub resource: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub rotated_at: Option<i64>,
+    pub successor: Option<String>,
+    pub user_id: String,
+    pub org_id: String,
+    pub family_revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConsentRow {
+    pub user_id: String,
+    pub org_id: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scopes: String,
+    pub created_at: i64,
+}

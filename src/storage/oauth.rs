@@ -1,0 +1,570 @@
+//! OAuth state: clients, codes, consents, token families, refresh tokens, access-token
+//! ids, signing keys and shared secrets.
+
+use super::audit::insert_audit;
+use super::{
+    AuditEntry, ClientRow, CodeRow, ConsentRow, RefreshRow, StorageError, Store, with_pool,
+};
+use crate::crypto::keys::StoredKey;
+
+const CLIENT_COLUMNS: &str = "id, origin, name, redirect_uris, auth_method, secret_hash, can_introspect, dedupe_key, metadata, created_at, last_used_at";
+const REFRESH_SELECT: &str = "SELECT r.token_hash, r.family_id, r.client_id, r.scopes, r.resource, r.created_at, r.expires_at, r.rotated_at, r.successor, \
+     f.user_id, f.org_id, f.revoked_at AS family_revoked_at \
+     FROM oauth_refresh_tokens r JOIN oauth_families f ON f.id = r.family_id";
+
+/// A client to store.
+pub struct NewClient {
+    pub id: String,
+    pub origin: &'static str,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub auth_method: String,
+    pub secret_hash: Option<String>,
+    pub can_introspect: bool,
+    /// Identical public registrations share this key and so one row.
+    pub dedupe_key: Option<String>,
+    pub metadata: serde_json::Value,
+}
+
+/// Tokens to record for one grant. Only digests and the sealed successor are stored.
+pub struct IssuedTokens {
+    pub family_id: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub org_id: String,
+    pub scopes: String,
+    pub resource: String,
+    pub access_jti_hash: String,
+    pub access_expires_at: i64,
+    pub refresh: Option<(String, i64)>,
+}
+
+pub enum CodeRedemption<T> {
+    /// The code was fresh; `T` is what the caller made of it.
+    Redeemed(T),
+    /// The code was valid but the request did not match it; the code is now spent.
+    Rejected(String),
+    /// The code had been used before; every token issued from it is now revoked.
+    Replayed,
+    /// No such code, or it expired.
+    Unknown,
+}
+
+pub enum RefreshOutcome<T> {
+    Rotated(T),
+    /// A retry inside the grace window: the sealed successor from the first rotation.
+    Retried(String),
+    /// Used again after the grace window: the whole family is now revoked.
+    ReuseDetected { family_id: String },
+    Invalid,
+}
+
+/// Inserts the family (if new), the access-token id and the refresh token of a grant.
+macro_rules! insert_issued {
+    ($tx:expr, $t:expr, $now:expr, $new_family:expr) => {{
+        let t: &IssuedTokens = $t;
+        if $new_family {
+            sqlx::query(
+                "INSERT INTO oauth_families (id, client_id, user_id, org_id, created_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $5)",
+            )
+            .bind(&t.family_id)
+            .bind(&t.client_id)
+            .bind(&t.user_id)
+            .bind(&t.org_id)
+            .bind($now)
+            .execute(&mut *$tx)
+            .await?;
+        } else {
+            sqlx::query("UPDATE oauth_families SET last_used_at = $1 WHERE id = $2")
+                .bind($now)
+                .bind(&t.family_id)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(&t.access_jti_hash)
+            .bind(&t.family_id)
+            .bind(t.access_expires_at)
+            .execute(&mut *$tx)
+            .await?;
+        if let Some((hash, expires_at)) = &t.refresh {
+            sqlx::query(
+                "INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(hash)
+            .bind(&t.family_id)
+            .bind(&t.client_id)
+            .bind(&t.scopes)
+            .bind(&t.resource)
+            .bind($now)
+            .bind(*expires_at)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        sqlx::query("UPDATE oauth_clients SET last_used_at = $1 WHERE id = $2")
+            .bind($now)
+            .bind(&t.client_id)
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
+/// Revokes a family: its refresh tokens stop working and its access tokens are denied.
+macro_rules! revoke_family {
+    ($tx:expr, $family_id:expr, $now:expr, $reason:expr) => {{
+        sqlx::query(
+            "UPDATE oauth_families SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+        )
+        .bind($now)
+        .bind($reason)
+        .bind($family_id)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query(
+            "UPDATE oauth_access_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+        )
+        .bind($now)
+        .bind($family_id)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+impl Store {
+    /// A named random secret shared by all instances, created on first use.
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &str,
+        now: i64,
+    ) -> Result<String, StorageError> {
+        Ok(with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(candidate)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            sqlx::query_scalar::<_, String>("SELECT value FROM server_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(pool)
+                .await?
+        }))
+    }
+
+    pub async fn list_signing_keys(&self) -> Result<Vec<StoredKey>, StorageError> {
+        let rows: Vec<(String, String, String, i64, Option<i64>)> = with_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT kid, private_key, public_key, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, kid",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(kid, private_key, public_key, created_at, retired_at)| StoredKey {
+                    kid,
+                    private_key,
+                    public_key,
+                    created_at,
+                    retired_at,
+                },
+            )
+            .collect())
+    }
+
+    pub async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StorageError> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO signing_keys (kid, alg, private_key, public_key, created_at) VALUES ($1, 'EdDSA', $2, $3, $4)",
+            )
+            .bind(&key.kid)
+            .bind(&key.private_key)
+            .bind(&key.public_key)
+            .bind(key.created_at)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Stops a key signing; it stays published for verification.
+    pub async fn retire_signing_keys_except(&self, kid: &str, now: i64) -> Result<u64, StorageError> {
+        Ok(with_pool!(self, |pool| {
+            sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE kid <> $2 AND retired_at IS NULL")
+                .bind(now)
+                .bind(kid)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// Removes retired keys older than `before` (their tokens have all expired).
+    pub async fn delete_retired_signing_keys(&self, before: i64) -> Result<u64, StorageError> {
+        Ok(with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1")
+                .bind(before)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// Stores a client; a public registration identical to an earlier one returns the
+    /// earlier row instead (`true` in the second field when a new row was made).
+    pub async fn insert_client(
+        &self,
+        c: NewClient,
+        now: i64,
+        audit: AuditEntry,
+    ) -> Result<(ClientRow, bool), StorageError> {
+        let insert = format!(
+            "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL) \
+             ON CONFLICT (dedupe_key) DO NOTHING RETURNING {CLIENT_COLUMNS}"
+        );
+        let by_key = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE dedupe_key = $1");
+        let redirects = serde_json::to_string(&c.redirect_uris).unwrap_or_else(|_| "[]".into());
+        let result = with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query_as::<_, ClientRow>(&insert)
+                .bind(&c.id)
+                .bind(c.origin)
+                .bind(&c.name)
+                .bind(&redirects)
+                .bind(&c.auth_method)
+                .bind(c.secret_hash.as_deref())
+                .bind(c.can_introspect)
+                .bind(c.dedupe_key.as_deref())
+                .bind(c.metadata.to_string())
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(db) if db.is_unique_violation() => {
+                        StorageError::Conflict(format!("a client with id {:?} already exists", c.id))
+                    }
+                    other => other.into(),
+                })?;
+            let result = match row {
+                Some(row) => {
+                    insert_audit!(&audit.target(format!("client:{}", row.id)), &mut *tx)?;
+                    (row, true)
+                }
+                None => {
+                    let row = sqlx::query_as::<_, ClientRow>(&by_key)
+                        .bind(c.dedupe_key.as_deref())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    (row, false)
+                }
+            };
+            tx.commit().await?;
+            result
+        });
+        Ok(result)
+    }
+
+    pub async fn find_client(&self, id: &str) -> Result<Option<ClientRow>, StorageError> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE id = $1");
+        Ok(with_pool!(self, |pool| sqlx::query_as::<_, ClientRow>(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    pub async fn list_clients(&self) -> Result<Vec<ClientRow>, StorageError> {
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY created_at, id");
+        Ok(with_pool!(self, |pool| sqlx::query_as::<_, ClientRow>(&sql)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Deletes a client and revokes everything issued to it.
+    pub async fn delete_client(&self, id: &str, now: i64, audit: AuditEntry) -> Result<(), StorageError> {
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let deleted = sqlx::query("DELETE FROM oauth_clients WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                return Err(StorageError::NotFound);
+            }
+            let families: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM oauth_families WHERE client_id = $1 AND revoked_at IS NULL")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for family in &families {
+                revoke_family!(tx, family, now, "client_deleted");
+            }
+            sqlx::query("DELETE FROM oauth_codes WHERE client_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM oauth_consents WHERE client_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            insert_audit!(&audit.target(format!("client:{id}")), &mut *tx)?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn insert_code(&self, code: &CodeRow) -> Result<(), StorageError> {
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&code.code_hash)
+            .bind(&code.client_id)
+            .bind(&code.redirect_uri)
+            .bind(&code.code_challenge)
+            .bind(&code.scopes)
+            .bind(&code.resource)
+            .bind(&code.user_id)
+            .bind(&code.org_id)
+            .bind(&code.family_id)
+            .bind(code.created_at)
+            .bind(code.expires_at)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Spends a code and, if `check` accepts the request, records the tokens it returns,
+    /// all in one transaction. A second use of a code revokes what the first issued.
+    pub async fn redeem_code<T>(
+        &self,
+        code_hash: &str,
+        now: i64,
+        check: impl FnOnce(&CodeRow) -> Result<(IssuedTokens, T), String>,
+        audit: AuditEntry,
+    ) -> Result<CodeRedemption<T>, StorageError> {
+        let spend = "UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL AND expires_at > $1 \
+                     RETURNING code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at, used_at";
+        Ok(with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query_as::<_, CodeRow>(spend)
+                .bind(now)
+                .bind(code_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let outcome = match row {
+                Some(code) => match check(&code) {
+                    Ok((issued, value)) => {
+                        insert_issued!(tx, &issued, now, true);
+                        insert_audit!(&audit, &mut *tx)?;
+                        CodeRedemption::Redeemed(value)
+                    }
+                    Err(reason) => CodeRedemption::Rejected(reason),
+                },
+                None => {
+                    let used: Option<(String, Option<i64>)> = sqlx::query_as(
+                        "SELECT family_id, used_at FROM oauth_codes WHERE code_hash = $1",
+                    )
+                    .bind(code_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match used {
+                        Some((family_id, Some(_))) => {
+                            revoke_family!(tx, &family_id, now, "code_replayed");
+                            let audit = AuditEntry::new(now, "system", "oauth.code_replayed")
+                                .target(format!("family:{family_id}"));
+                            insert_audit!(&audit, &mut *tx)?;
+                            CodeRedemption::Replayed
+                        }
+                        _ => CodeRedemption::Unknown,
+                    }
+                }
+            };
+            tx.commit().await?;
+            outcome
+        }))
+    }
+
+    /// Rotates a refresh token exactly once. `mint` makes the new pair and seals it under
+    /// the old token; retries inside `grace_secs` get that sealed pair back, later reuse
+    /// revokes the family.
+    pub async fn rotate_refresh_token<T>(
+        &self,
+        token_hash: &str,
+        client_id: &str,
+        now: i64,
+        grace_secs: i64,
+        mint: impl FnOnce(&RefreshRow) -> (IssuedTokens, String, T),
+    ) -> Result<RefreshOutcome<T>, StorageError> {
+        let claim = "UPDATE oauth_refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND client_id = $3 \
+                     AND rotated_at IS NULL AND expires_at > $1 \
+                     AND family_id IN (SELECT id FROM oauth_families WHERE revoked_at IS NULL)";
+        let select = format!("{REFRESH_SELECT} WHERE r.token_hash = $1");
+        Ok(with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let claimed = sqlx::query(claim)
+                .bind(now)
+                .bind(token_hash)
+                .bind(client_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            let row = sqlx::query_as::<_, RefreshRow>(&select)
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let outcome = match row {
+                Some(row) if claimed => {
+                    let (issued, sealed, value) = mint(&row);
+                    insert_issued!(tx, &issued, now, false);
+                    sqlx::query("UPDATE oauth_refresh_tokens SET successor = $1 WHERE token_hash = $2")
+                        .bind(&sealed)
+                        .bind(token_hash)
+                        .execute(&mut *tx)
+                        .await?;
+                    RefreshOutcome::Rotated(value)
+                }
+                Some(row)
+                    if row.client_id == client_id
+                        && row.family_revoked_at.is_none()
+                        && row.expires_at > now =>
+                {
+                    match (row.rotated_at, row.successor) {
+                        (Some(at), Some(sealed)) if now - at <= grace_secs => {
+                            RefreshOutcome::Retried(sealed)
+                        }
+                        _ => {
+                            revoke_family!(tx, &row.family_id, now, "refresh_reuse");
+                            let audit = AuditEntry::new(now, "system", "oauth.refresh_reuse_detected")
+                                .org(&row.org_id)
+                                .target(format!("family:{}", row.family_id))
+                                .detail(serde_json::json!({ "client_id": client_id }));
+                            insert_audit!(&audit, &mut *tx)?;
+                            RefreshOutcome::ReuseDetected {
+                                family_id: row.family_id,
+                            }
+                        }
+                    }
+                }
+                _ => RefreshOutcome::Invalid,
+            };
+            tx.commit().await?;
+            outcome
+        }))
+    }
+
+    /// Revokes the family of a refresh token (RFC 7009). `false` if the token is unknown.
+    pub async fn revoke_refresh_token(
+        &self,
+        token_hash: &str,
+        client_id: Option<&str>,
+        now: i64,
+        audit: AuditEntry,
+    ) -> Result<bool, StorageError> {
+        Ok(with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let row: Option<(String, String)> = sqlx::query_as(
+                "SELECT family_id, client_id FROM oauth_refresh_tokens WHERE token_hash = $1",
+            )
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let found = match row {
+                Some((family_id, owner)) if client_id.is_none_or(|c| c == owner) => {
+                    revoke_family!(tx, &family_id, now, "revoked");
+                    insert_audit!(&audit.target(format!("family:{family_id}")), &mut *tx)?;
+                    true
+                }
+                _ => false,
+            };
+            tx.commit().await?;
+            found
+        }))
+    }
+
+    /// Denies one access token by the digest of its `jti`. `false` if unknown.
+    pub async fn revoke_access_token(
+        &self,
+        jti_hash: &str,
+        now: i64,
+        audit: AuditEntry,
+    ) -> Result<bool, StorageError> {
+        Ok(with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE oauth_access_tokens SET revoked_at = $1 WHERE jti_hash = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(jti_hash)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                insert_audit!(&audit, &mut *tx)?;
+            }
+            tx.commit().await?;
+            n > 0
+        }))
+    }
+
+    pub async fn is_access_token_revoked(&self, jti_hash: &str) -> Result<bool, StorageError> {
+        let revoked: Option<Option<i64>> = with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT revoked_at FROM oauth_access_tokens WHERE jti_hash = $1")
+                .bind(jti_hash)
+                .fetch_optional(pool)
+                .await?
+        });
+        // An unknown jti was never issued here (or its row was cleaned up after expiry).
+        Ok(!matches!(revoked, Some(None)))
+    }
+
+    pub async fn find_consent(
+        &self,
+        user_id: &str,
+        org_id: &str,
+        client_id: &str,
+        redirect_uri: &str,
+    ) -> Result<Option<ConsentRow>, StorageError> {
+        Ok(with_pool!(self, |pool| {
+            sqlx::query_as::<_, ConsentRow>(
+                "SELECT user_id, org_id, client_id, redirect_uri, scopes, created_at FROM oauth_consents \
+                 WHERE user_id = $1 AND org_id = $2 AND client_id = $3 AND redirect_uri = $4",
+            )
+            .bind(user_id)
+            .bind(org_id)
+            .bind(client_id)
+            .bind(redirect_uri)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    pub async fn save_consent(&self, c: &ConsentRow, audit: AuditEntry) -> Result<(), StorageError> {
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO oauth_consents (user_id, org_id, client_id, redirect_uri, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (user_id, org_id, client_id, redirect_uri) DO UPDATE SET scopes = excluded.scopes, created_at = excluded.created_at",
+            )
+            .bind(&c.user_id)
+            .bind(&c.org_id)
+            .bind(&c.client_id)
+            .bind(&c.redirect_uri)
+            .bind(&c.scopes)
+            .bind(c.created_at)
+            .execute(&mut *tx)
+            .await?;
+            insert_audit!(&audit, &mut *tx)?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}
