@@ -16,6 +16,8 @@ use crate::storage::{StorageError, Store};
 pub enum AppError {
     #[error("database: {0}")]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -54,23 +56,19 @@ impl App {
                 addr: config.server.bind,
                 source,
             })?;
-        Self::from_parts(config, store, clock, listener)
+        Self::from_parts(config, store, clock, listener).await
     }
 
     /// Assembles an app around a listener bound by the caller, so that a test can learn
     /// its port before choosing the public URL.
-    pub fn from_parts(
+    pub async fn from_parts(
         config: Config,
         store: Store,
         clock: Arc<dyn Clock>,
         listener: TcpListener,
     ) -> Result<Self, AppError> {
         let addr = listener.local_addr().map_err(AppError::Serve)?;
-        let state = AppState {
-            store,
-            config: Arc::new(config),
-            clock,
-        };
+        let state = AppState::load(store, config, clock).await?;
         Ok(Self {
             listener,
             state,

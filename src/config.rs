@@ -55,7 +55,26 @@ struct RawConfig {
     database: RawDatabase,
     tokens: RawTokens,
     bootstrap: RawBootstrap,
+    oauth: RawOAuth,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOAuth {
+    default_scopes: String,
+    cors_origins: String,
+    always_issue_refresh_token: String,
+}
+
+impl Default for RawOAuth {
+    fn default() -> Self {
+        Self {
+            default_scopes: "account:read account:write".into(),
+            cors_origins: "https://claude.ai https://claude.com".into(),
+            always_issue_refresh_token: "true".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,7 +218,18 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub tokens: TokenConfig,
     pub bootstrap: BootstrapConfig,
+    pub oauth: OAuthConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    /// Granted when a client asks for no known scope.
+    pub default_scopes: crate::domain::ScopeSet,
+    /// Browser origins allowed to call the metadata, registration, token and revocation endpoints.
+    pub cors_origins: Vec<String>,
+    /// Issue a refresh token even when `offline_access` was not requested.
+    pub always_issue_refresh_token: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -403,6 +433,37 @@ impl Config {
         let owner_email = Email::parse(&raw.bootstrap.owner_email)
             .map_err(|e| o.error("bootstrap.owner_email", e))?;
 
+        let default_scopes = crate::domain::scope::parse_known_scopes(&raw.oauth.default_scopes)
+            .map_err(|e| o.error("oauth.default_scopes", e))?;
+        let mut cors_origins = Vec::new();
+        for origin in raw
+            .oauth
+            .cors_origins
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+        {
+            let url = url::Url::parse(origin)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/")
+                .ok_or_else(|| {
+                    o.error(
+                        "oauth.cors_origins",
+                        format!("{origin:?} is not an origin like https://claude.ai"),
+                    )
+                })?;
+            cors_origins.push(url.origin().ascii_serialization());
+        }
+        let always_issue_refresh_token = match raw.oauth.always_issue_refresh_token.trim() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(o.error(
+                    "oauth.always_issue_refresh_token",
+                    format!("{other:?} is not true or false"),
+                ));
+            }
+        };
+
         let format = match raw.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -444,6 +505,11 @@ impl Config {
             },
             tokens,
             bootstrap: BootstrapConfig { owner_email },
+            oauth: OAuthConfig {
+                default_scopes,
+                cors_origins,
+                always_issue_refresh_token,
+            },
             log: LogConfig {
                 format,
                 filter: raw.log.filter,
@@ -490,6 +556,9 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "tokens.refresh_ttl_secs",
         "tokens.refresh_grace_secs",
         "bootstrap.owner_email",
+        "oauth.default_scopes",
+        "oauth.cors_origins",
+        "oauth.always_issue_refresh_token",
         "log.format",
         "log.filter",
     ]

@@ -17,12 +17,14 @@ use tracing::Level;
 
 use crate::http::json_error;
 use crate::http::middleware::{self, REQUEST_ID};
+use crate::oauth;
 use crate::state::AppState;
 
 /// Paths shared by the router and the metadata documents that publish them.
 pub mod paths {
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
+    pub const STYLESHEET: &str = "/static/gatehouse.css";
 }
 
 pub fn router(state: AppState) -> Router {
@@ -31,6 +33,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(paths::HEALTHZ, get(get_healthz))
         .route(paths::READYZ, get(get_readyz))
+        .route(paths::STYLESHEET, get(get_stylesheet))
+        .merge(oauth::router(&state))
         .fallback(not_found)
         .with_state(state)
         // Router::layer wraps outward: the last layer added sees the request first.
@@ -79,6 +83,17 @@ async fn get_readyz(State(state): State<AppState>) -> Response {
             "database did not answer in time",
         ),
     }
+}
+
+async fn get_stylesheet() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../static/gatehouse.css"),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {

@@ -4,11 +4,60 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::storage::Store;
+use crate::crypto::keys::{self, KeyError, KeySet};
+use crate::crypto::mac::{MacKey, random_key_b64};
+use crate::crypto::random;
+use crate::domain::ResourceUri;
+use crate::storage::{StorageError, Store};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
+    /// Access-token signing and verification keys, loaded at start.
+    pub keys: Arc<KeySet>,
+    /// Shared by every instance: signs session cookies and CSRF tokens.
+    pub mac: MacKey,
+    /// `<public_url>/mcp`, the audience of every access token.
+    pub resource: ResourceUri,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
+}
+
+impl AppState {
+    /// Loads (creating on first start) the signing key and the shared cookie secret.
+    pub async fn load(
+        store: Store,
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StateError> {
+        let now = clock.now();
+        let mut stored = store.list_signing_keys().await?;
+        if !stored.iter().any(|k| k.retired_at.is_none()) {
+            store
+                .insert_signing_key(&keys::generate(random::id("key"), now)?)
+                .await?;
+            stored = store.list_signing_keys().await?;
+        }
+        let keys = KeySet::from_stored(&stored)?;
+        let secret = store
+            .shared_secret("cookie_mac", &random_key_b64(), now)
+            .await?;
+        let resource = ResourceUri::for_public_url(&config.server.public_url);
+        Ok(Self {
+            store,
+            config: Arc::new(config),
+            clock,
+            keys: Arc::new(keys),
+            mac: MacKey::from_bytes(secret.as_bytes()),
+            resource,
+        })
+    }
 }

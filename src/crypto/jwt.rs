@@ -110,11 +110,33 @@ mod tests {
     fn signs_and_verifies_with_every_check() {
         let keys = KeySet::from_stored(&[generate("k1".into(), 0).unwrap()]).unwrap();
         let t = sign(&keys, &claims(1000)).unwrap();
-        let ok = verify(&keys, &t, "https://gate.example", "https://gate.example/mcp/", 1000).unwrap();
+        let ok = verify(
+            &keys,
+            &t,
+            "https://gate.example",
+            "https://gate.example/mcp/",
+            1000,
+        )
+        .unwrap();
         assert_eq!(ok, claims(1000));
-        assert_eq!(verify(&keys, &t, "https://other", "https://gate.example/mcp", 1000), Err(JwtError::WrongIssuer));
-        assert_eq!(verify(&keys, &t, "https://gate.example", "https://x/mcp", 1000), Err(JwtError::WrongAudience));
-        assert_eq!(verify(&keys, &t, "https://gate.example", "https://gate.example/mcp", 1060), Err(JwtError::Expired));
+        assert_eq!(
+            verify(&keys, &t, "https://other", "https://gate.example/mcp", 1000),
+            Err(JwtError::WrongIssuer)
+        );
+        assert_eq!(
+            verify(&keys, &t, "https://gate.example", "https://x/mcp", 1000),
+            Err(JwtError::WrongAudience)
+        );
+        assert_eq!(
+            verify(
+                &keys,
+                &t,
+                "https://gate.example",
+                "https://gate.example/mcp",
+                1060
+            ),
+            Err(JwtError::Expired)
+        );
     }
 
     #[test]
@@ -125,9 +147,27 @@ mod tests {
         let flip = if &parts[1][5..6] == "A" { "B" } else { "A" };
         parts[1].replace_range(5..6, flip);
         let tampered = parts.join(".");
-        assert!(verify(&keys, &tampered, "https://gate.example", "https://gate.example/mcp", 1000).is_err());
+        assert!(
+            verify(
+                &keys,
+                &tampered,
+                "https://gate.example",
+                "https://gate.example/mcp",
+                1000
+            )
+            .is_err()
+        );
         let other = KeySet::from_stored(&[generate("k1".into(), 0).unwrap()]).unwrap();
-        assert_eq!(verify(&other, &t, "https://gate.example", "https://gate.example/mcp", 1000), Err(JwtError::BadSignature));
+        assert_eq!(
+            verify(
+                &other,
+                &t,
+                "https://gate.example",
+                "https://gate.example/mcp",
+                1000
+            ),
+            Err(JwtError::BadSignature)
+        );
         assert!(verify(&keys, "not.a.jwt", "i", "a", 0).is_err());
     }
 }

@@ -28,7 +28,8 @@ pub struct StoredKey {
 
 /// A freshly generated key pair.
 pub fn generate(kid: String, now: i64) -> Result<StoredKey, KeyError> {
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
+    let pkcs8 =
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate)?;
     Ok(StoredKey {
         kid,

@@ -101,10 +101,22 @@ mod tests {
 
     #[test]
     fn plain_and_missing_methods_are_refused() {
-        assert_eq!(CodeChallenge::parse(Some(CHALLENGE), Some("plain")), Err(PkceError::UnsupportedMethod));
-        assert_eq!(CodeChallenge::parse(Some(CHALLENGE), None), Err(PkceError::UnsupportedMethod));
-        assert_eq!(CodeChallenge::parse(None, Some("S256")), Err(PkceError::MissingChallenge));
-        assert_eq!(CodeChallenge::parse(Some("short"), Some("S256")), Err(PkceError::MalformedChallenge));
+        assert_eq!(
+            CodeChallenge::parse(Some(CHALLENGE), Some("plain")),
+            Err(PkceError::UnsupportedMethod)
+        );
+        assert_eq!(
+            CodeChallenge::parse(Some(CHALLENGE), None),
+            Err(PkceError::UnsupportedMethod)
+        );
+        assert_eq!(
+            CodeChallenge::parse(None, Some("S256")),
+            Err(PkceError::MissingChallenge)
+        );
+        assert_eq!(
+            CodeChallenge::parse(Some("short"), Some("S256")),
+            Err(PkceError::MalformedChallenge)
+        );
     }
 
     #[test]

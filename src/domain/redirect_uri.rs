@@ -109,20 +109,40 @@ mod tests {
     #[test]
     fn rejects_plain_http_fragments_credentials_and_junk() {
         use RedirectUriError::*;
-        assert_eq!(RedirectUri::parse("http://example.com/cb"), Err(InsecureScheme));
+        assert_eq!(
+            RedirectUri::parse("http://example.com/cb"),
+            Err(InsecureScheme)
+        );
         assert_eq!(RedirectUri::parse("https://a.example/cb#x"), Err(Fragment));
-        assert_eq!(RedirectUri::parse("https://u:p@a.example/cb"), Err(Credentials));
+        assert_eq!(
+            RedirectUri::parse("https://u:p@a.example/cb"),
+            Err(Credentials)
+        );
         assert_eq!(RedirectUri::parse("/relative"), Err(NotAbsolute));
-        assert_eq!(RedirectUri::parse("javascript:alert(1)"), Err(InsecureScheme));
-        assert_eq!(RedirectUri::parse("http://localhost.evil.com/cb"), Err(InsecureScheme));
+        assert_eq!(
+            RedirectUri::parse("javascript:alert(1)"),
+            Err(InsecureScheme)
+        );
+        assert_eq!(
+            RedirectUri::parse("http://localhost.evil.com/cb"),
+            Err(InsecureScheme)
+        );
     }
 
     #[test]
     fn matching_is_exact_except_loopback_ports() {
         let reg = RedirectUri::parse("https://claude.ai/api/mcp/auth_callback").unwrap();
-        assert!(reg.matches(&RedirectUri::parse("https://claude.ai/api/mcp/auth_callback").unwrap()));
-        assert!(!reg.matches(&RedirectUri::parse("https://claude.ai/api/mcp/auth_callback/").unwrap()));
-        assert!(!reg.matches(&RedirectUri::parse("https://claude.ai/api/mcp/auth_callback?x=1").unwrap()));
+        assert!(
+            reg.matches(&RedirectUri::parse("https://claude.ai/api/mcp/auth_callback").unwrap())
+        );
+        assert!(
+            !reg.matches(&RedirectUri::parse("https://claude.ai/api/mcp/auth_callback/").unwrap())
+        );
+        assert!(
+            !reg.matches(
+                &RedirectUri::parse("https://claude.ai/api/mcp/auth_callback?x=1").unwrap()
+            )
+        );
         let lo = RedirectUri::parse("http://localhost/callback").unwrap();
         assert!(lo.matches(&RedirectUri::parse("http://localhost:53121/callback").unwrap()));
         assert!(!lo.matches(&RedirectUri::parse("http://localhost:53121/other").unwrap()));

@@ -57,7 +57,11 @@ mod tests {
             "https://gate.example.com",
             "https://gate.example.com/",
         ] {
-            assert_eq!(r.resolve(ok, base).unwrap().as_str(), "https://gate.example.com/mcp", "{ok}");
+            assert_eq!(
+                r.resolve(ok, base).unwrap().as_str(),
+                "https://gate.example.com/mcp",
+                "{ok}"
+            );
         }
         for bad in [
             "https://evil.example.com/mcp",

@@ -351,3 +351,27 @@ impl Store {
         Ok(Some(created))
     }
 }
+
+impl Store {
+    /// Every organization the user belongs to.
+    pub async fn list_memberships_of_user(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<MemberRow>, StorageError> {
+        let sql = format!("{MEMBER_SELECT} WHERE m.user_id = $1 ORDER BY o.slug");
+        Ok(with_pool!(self, |pool| sqlx::query_as::<_, MemberRow>(
+            &sql
+        )
+        .bind(user_id)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    pub async fn find_user(&self, id: &str) -> Result<Option<UserRow>, StorageError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+        Ok(with_pool!(self, |pool| sqlx::query_as::<_, UserRow>(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?))
+    }
+}

@@ -8,8 +8,8 @@
 
 mod accounts;
 mod audit;
-pub mod oauth;
 pub mod credentials;
+pub mod oauth;
 pub mod records;
 
 use std::str::FromStr;

@@ -50,12 +50,16 @@ pub enum CodeRedemption<T> {
     Unknown,
 }
 
-pub enum RefreshOutcome<T> {
+pub enum RefreshOutcome<T, E> {
     Rotated(T),
+    /// `mint` refused the request; nothing was changed.
+    Refused(E),
     /// A retry inside the grace window: the sealed successor from the first rotation.
     Retried(String),
     /// Used again after the grace window: the whole family is now revoked.
-    ReuseDetected { family_id: String },
+    ReuseDetected {
+        family_id: String,
+    },
     Invalid,
 }
 
@@ -193,14 +197,20 @@ impl Store {
     }
 
     /// Stops a key signing; it stays published for verification.
-    pub async fn retire_signing_keys_except(&self, kid: &str, now: i64) -> Result<u64, StorageError> {
+    pub async fn retire_signing_keys_except(
+        &self,
+        kid: &str,
+        now: i64,
+    ) -> Result<u64, StorageError> {
         Ok(with_pool!(self, |pool| {
-            sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE kid <> $2 AND retired_at IS NULL")
-                .bind(now)
-                .bind(kid)
-                .execute(pool)
-                .await?
-                .rows_affected()
+            sqlx::query(
+                "UPDATE signing_keys SET retired_at = $1 WHERE kid <> $2 AND retired_at IS NULL",
+            )
+            .bind(now)
+            .bind(kid)
+            .execute(pool)
+            .await?
+            .rows_affected()
         }))
     }
 
@@ -246,7 +256,10 @@ impl Store {
                 .await
                 .map_err(|e| match e {
                     sqlx::Error::Database(db) if db.is_unique_violation() => {
-                        StorageError::Conflict(format!("a client with id {:?} already exists", c.id))
+                        StorageError::Conflict(format!(
+                            "a client with id {:?} already exists",
+                            c.id
+                        ))
                     }
                     other => other.into(),
                 })?;
@@ -271,21 +284,30 @@ impl Store {
 
     pub async fn find_client(&self, id: &str) -> Result<Option<ClientRow>, StorageError> {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE id = $1");
-        Ok(with_pool!(self, |pool| sqlx::query_as::<_, ClientRow>(&sql)
-            .bind(id)
-            .fetch_optional(pool)
-            .await?))
+        Ok(with_pool!(self, |pool| sqlx::query_as::<_, ClientRow>(
+            &sql
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?))
     }
 
     pub async fn list_clients(&self) -> Result<Vec<ClientRow>, StorageError> {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY created_at, id");
-        Ok(with_pool!(self, |pool| sqlx::query_as::<_, ClientRow>(&sql)
-            .fetch_all(pool)
-            .await?))
+        Ok(with_pool!(self, |pool| sqlx::query_as::<_, ClientRow>(
+            &sql
+        )
+        .fetch_all(pool)
+        .await?))
     }
 
     /// Deletes a client and revokes everything issued to it.
-    pub async fn delete_client(&self, id: &str, now: i64, audit: AuditEntry) -> Result<(), StorageError> {
+    pub async fn delete_client(
+        &self,
+        id: &str,
+        now: i64,
+        audit: AuditEntry,
+    ) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             let deleted = sqlx::query("DELETE FROM oauth_clients WHERE id = $1")
@@ -296,11 +318,12 @@ impl Store {
             if deleted == 0 {
                 return Err(StorageError::NotFound);
             }
-            let families: Vec<String> =
-                sqlx::query_scalar("SELECT id FROM oauth_families WHERE client_id = $1 AND revoked_at IS NULL")
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let families: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM oauth_families WHERE client_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
             for family in &families {
                 revoke_family!(tx, family, now, "client_deleted");
             }
@@ -395,14 +418,14 @@ impl Store {
     /// Rotates a refresh token exactly once. `mint` makes the new pair and seals it under
     /// the old token; retries inside `grace_secs` get that sealed pair back, later reuse
     /// revokes the family.
-    pub async fn rotate_refresh_token<T>(
+    pub async fn rotate_refresh_token<T, E>(
         &self,
         token_hash: &str,
         client_id: &str,
         now: i64,
         grace_secs: i64,
-        mint: impl FnOnce(&RefreshRow) -> (IssuedTokens, String, T),
-    ) -> Result<RefreshOutcome<T>, StorageError> {
+        mint: impl FnOnce(&RefreshRow) -> Result<(IssuedTokens, String, T), E>,
+    ) -> Result<RefreshOutcome<T, E>, StorageError> {
         let claim = "UPDATE oauth_refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND client_id = $3 \
                      AND rotated_at IS NULL AND expires_at > $1 \
                      AND family_id IN (SELECT id FROM oauth_families WHERE revoked_at IS NULL)";
@@ -423,13 +446,19 @@ impl Store {
                 .await?;
             let outcome = match row {
                 Some(row) if claimed => {
-                    let (issued, sealed, value) = mint(&row);
+                    let (issued, sealed, value) = match mint(&row) {
+                        Ok(minted) => minted,
+                        // Returning drops the transaction: the claim is rolled back.
+                        Err(e) => return Ok(RefreshOutcome::Refused(e)),
+                    };
                     insert_issued!(tx, &issued, now, false);
-                    sqlx::query("UPDATE oauth_refresh_tokens SET successor = $1 WHERE token_hash = $2")
-                        .bind(&sealed)
-                        .bind(token_hash)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE oauth_refresh_tokens SET successor = $1 WHERE token_hash = $2",
+                    )
+                    .bind(&sealed)
+                    .bind(token_hash)
+                    .execute(&mut *tx)
+                    .await?;
                     RefreshOutcome::Rotated(value)
                 }
                 Some(row)
@@ -443,10 +472,11 @@ impl Store {
                         }
                         _ => {
                             revoke_family!(tx, &row.family_id, now, "refresh_reuse");
-                            let audit = AuditEntry::new(now, "system", "oauth.refresh_reuse_detected")
-                                .org(&row.org_id)
-                                .target(format!("family:{}", row.family_id))
-                                .detail(serde_json::json!({ "client_id": client_id }));
+                            let audit =
+                                AuditEntry::new(now, "system", "oauth.refresh_reuse_detected")
+                                    .org(&row.org_id)
+                                    .target(format!("family:{}", row.family_id))
+                                    .detail(serde_json::json!({ "client_id": client_id }));
                             insert_audit!(&audit, &mut *tx)?;
                             RefreshOutcome::ReuseDetected {
                                 family_id: row.family_id,
@@ -547,7 +577,11 @@ impl Store {
         }))
     }
 
-    pub async fn save_consent(&self, c: &ConsentRow, audit: AuditEntry) -> Result<(), StorageError> {
+    pub async fn save_consent(
+        &self,
+        c: &ConsentRow,
+        audit: AuditEntry,
+    ) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             sqlx::query(

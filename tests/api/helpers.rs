@@ -155,7 +155,6 @@ pub struct TestApp {
     pub addr: String,
     pub client: reqwest::Client,
     pub store: Store,
-    #[allow(dead_code)] // used by the expiry tests of later areas
     pub clock: Arc<ManualClock>,
     pub config: Config,
     pub db: TestDb,
@@ -180,8 +179,9 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     adjust(&mut config);
     let store = db.store().await;
     let clock = ManualClock::new();
-    let app =
-        App::from_parts(config.clone(), store.clone(), clock.clone(), listener).expect("build app");
+    let app = App::from_parts(config.clone(), store.clone(), clock.clone(), listener)
+        .await
+        .expect("build app");
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

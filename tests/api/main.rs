@@ -6,4 +6,6 @@ mod helpers;
 
 mod cli;
 mod health;
+mod oauth;
+mod oauth_helpers;
 mod storage;

@@ -1,0 +1,65 @@
+//! Finding a client: stored ones, plus Claude's two Client ID Metadata Documents built
+//! in, so that a blocked fetch of claude.ai never blocks Claude.
+
+use crate::state::AppState;
+use crate::storage::{ClientRow, StorageError};
+
+pub const CLAUDE_AI: &str = "https://claude.ai/oauth/mcp-oauth-client-metadata";
+pub const CLAUDE_CODE: &str = "https://claude.ai/oauth/claude-code-client-metadata";
+
+fn builtin(id: &str) -> Option<ClientRow> {
+    let (name, redirects): (&str, &[&str]) = match id {
+        CLAUDE_AI => (
+            "Claude",
+            &[
+                "https://claude.ai/api/mcp/auth_callback",
+                "https://claude.com/api/mcp/auth_callback",
+            ],
+        ),
+        CLAUDE_CODE => (
+            "Claude Code",
+            &["http://localhost/callback", "http://127.0.0.1/callback"],
+        ),
+        _ => return None,
+    };
+    Some(ClientRow {
+        id: id.to_owned(),
+        origin: "cimd".into(),
+        name: name.into(),
+        redirect_uris: serde_json::to_string(redirects).unwrap_or_default(),
+        auth_method: "none".into(),
+        secret_hash: None,
+        can_introspect: false,
+        dedupe_key: None,
+        metadata: "{}".into(),
+        created_at: 0,
+        last_used_at: None,
+    })
+}
+
+pub async fn find_client(state: &AppState, id: &str) -> Result<Option<ClientRow>, StorageError> {
+    if let Some(c) = builtin(id) {
+        return Ok(Some(c));
+    }
+    if id.is_empty() || id.len() > 2000 {
+        return Ok(None);
+    }
+    state.store.find_client(id).await
+}
+
+/// Whether the client's identity is vouched for by a domain (CIMD) rather than self-declared.
+pub fn is_verified(client: &ClientRow) -> bool {
+    client.origin == "cimd" || client.origin == "static"
+}
+
+/// The host that vouches for a CIMD client, for the consent page.
+pub fn verified_domain(client: &ClientRow) -> Option<String> {
+    (client.origin == "cimd")
+        .then(|| {
+            url::Url::parse(&client.id)
+                .ok()?
+                .host_str()
+                .map(str::to_owned)
+        })
+        .flatten()
+}

@@ -1,0 +1,80 @@
+//! `POST /revoke` (RFC 7009): refresh tokens (their whole family), access tokens (by
+//! `jti`) and personal access tokens. Unknown tokens get 200, as the RFC requires.
+
+use axum::extract::{RawForm, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::client_auth::authenticate;
+use super::error::OAuthError;
+use crate::crypto::jwt;
+use crate::crypto::{HashedToken, PlainToken, TokenKind};
+use crate::state::AppState;
+use crate::storage::AuditEntry;
+
+pub async fn post_revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawForm(body): RawForm,
+) -> Result<Response, OAuthError> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let token = get("token")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+    let client = authenticate(&state, &headers, get("client_id"), get("client_secret")).await?;
+    let now = state.clock.now();
+    let audit = |action: &str| AuditEntry::new(now, format!("client:{}", client.id), action);
+    match TokenKind::of(token) {
+        Some(TokenKind::Refresh) => {
+            if let Ok(t) = PlainToken::parse(TokenKind::Refresh, token) {
+                state
+                    .store
+                    .revoke_refresh_token(
+                        t.hash().as_str(),
+                        Some(&client.id),
+                        now,
+                        audit("oauth.refresh_token_revoked"),
+                    )
+                    .await?;
+            }
+        }
+        Some(TokenKind::Pat) => {
+            if let Ok(t) = PlainToken::parse(TokenKind::Pat, token)
+                && let Some(pat) = state.store.find_pat_by_hash(&t.hash(), now).await?
+            {
+                state
+                    .store
+                    .revoke_pat(&pat.id, now, audit("pat.revoke"))
+                    .await?;
+            }
+        }
+        _ => {
+            // An access token: only ours count, checked by signature; its jti is then denied.
+            let issuer = &state.config.server.public_url;
+            if let Ok(claims) =
+                jwt::verify(&state.keys, token, issuer, state.resource.as_str(), now)
+                && claims.client_id == client.id
+            {
+                let jti = HashedToken::of(&claims.jti);
+                state
+                    .store
+                    .revoke_access_token(
+                        jti.as_str(),
+                        now,
+                        audit("oauth.access_token_revoked").org(&claims.org),
+                    )
+                    .await?;
+            }
+        }
+    }
+    let mut res = StatusCode::OK.into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}

@@ -1,0 +1,338 @@
+//! `POST /token`: the authorization-code and refresh-token grants.
+
+use axum::extract::{RawForm, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::client_auth::authenticate;
+use super::error::{ErrorCode, OAuthError};
+use crate::crypto::jwt::{self, AccessClaims};
+use crate::crypto::mac::{open, seal};
+use crate::crypto::{HashedToken, PlainToken, TokenKind, random};
+use crate::domain::{CodeChallenge, CodeVerifier, ScopeSet};
+use crate::state::AppState;
+use crate::storage::oauth::{CodeRedemption, IssuedTokens, RefreshOutcome};
+use crate::storage::{AuditEntry, ClientRow};
+
+const SUCCESSOR: &str = "refresh-successor";
+
+/// The form, parsed into one variant per grant so a handler never unwraps an option.
+enum TokenRequest {
+    AuthorizationCode {
+        code: String,
+        redirect_uri: String,
+        verifier: CodeVerifier,
+    },
+    RefreshToken {
+        refresh_token: String,
+        scope: Option<String>,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    expires_in: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    scope: String,
+}
+
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(body: &[u8]) -> Result<Self, OAuthError> {
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+        for (k, _) in &pairs {
+            if pairs.iter().filter(|(k2, _)| k2 == k).count() > 1 {
+                return Err(OAuthError::invalid_request(format!(
+                    "parameter {k} appears more than once"
+                )));
+            }
+        }
+        Ok(Self(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn require(&self, name: &str) -> Result<&str, OAuthError> {
+        self.get(name)
+            .ok_or_else(|| OAuthError::invalid_request(format!("{name} is required")))
+    }
+}
+
+fn parse_request(p: &Params) -> Result<TokenRequest, OAuthError> {
+    match p.get("grant_type") {
+        Some("authorization_code") => Ok(TokenRequest::AuthorizationCode {
+            code: p.require("code")?.to_owned(),
+            redirect_uri: p.require("redirect_uri")?.to_owned(),
+            verifier: CodeVerifier::parse(p.require("code_verifier")?)
+                .map_err(|e| OAuthError::invalid_grant(e.to_string()))?,
+        }),
+        Some("refresh_token") => Ok(TokenRequest::RefreshToken {
+            refresh_token: p.require("refresh_token")?.to_owned(),
+            scope: p.get("scope").map(str::to_owned),
+        }),
+        Some(other) => Err(OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            format!(
+                "grant_type {:?} is not supported",
+                other.chars().take(60).collect::<String>()
+            ),
+        )),
+        None => Err(OAuthError::invalid_request("grant_type is required")),
+    }
+}
+
+fn json_no_store(body: &impl Serialize) -> Response {
+    let mut res = axum::Json(body).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+pub async fn post_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawForm(body): RawForm,
+) -> Result<Response, OAuthError> {
+    let params = Params::parse(&body)?;
+    let request = parse_request(&params)?;
+    let client = authenticate(
+        &state,
+        &headers,
+        params.get("client_id"),
+        params.get("client_secret"),
+    )
+    .await?;
+    if let Some(r) = params.get("resource") {
+        state
+            .resource
+            .resolve(r, &state.config.server.public_url)
+            .map_err(|e| OAuthError::new(ErrorCode::InvalidTarget, e.to_string()))?;
+    }
+    match request {
+        TokenRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            verifier,
+        } => exchange_authorization_code(&state, &client, &code, &redirect_uri, &verifier).await,
+        TokenRequest::RefreshToken {
+            refresh_token,
+            scope,
+        } => refresh(&state, &client, &refresh_token, scope.as_deref()).await,
+    }
+}
+
+/// Who a grant is for, and what it allows.
+struct Grant<'a> {
+    client_id: &'a str,
+    user_id: &'a str,
+    org_id: &'a str,
+    family_id: &'a str,
+    scopes: &'a ScopeSet,
+    resource: &'a str,
+}
+
+/// A fresh access token (and refresh token when wanted), plus what to store about them.
+fn mint(
+    state: &AppState,
+    g: Grant<'_>,
+    with_refresh: bool,
+) -> Result<(IssuedTokens, TokenResponse), OAuthError> {
+    let Grant {
+        client_id,
+        user_id,
+        org_id,
+        family_id,
+        scopes,
+        resource,
+    } = g;
+    let now = state.clock.now();
+    let ttl = state.config.tokens.access_ttl_secs;
+    let jti = random::base62(22);
+    let claims = AccessClaims {
+        iss: state.config.server.public_url.clone(),
+        sub: user_id.to_owned(),
+        aud: resource.to_owned(),
+        client_id: client_id.to_owned(),
+        scope: scopes.to_string(),
+        org: org_id.to_owned(),
+        exp: now + ttl,
+        iat: now,
+        jti: jti.clone(),
+    };
+    let access_token = jwt::sign(&state.keys, &claims)
+        .map_err(|_| OAuthError::new(ErrorCode::ServerError, "signing failed"))?;
+    let refresh = with_refresh.then(|| PlainToken::generate(TokenKind::Refresh));
+    let refresh_expires = now + state.config.tokens.refresh_ttl_secs;
+    let issued = IssuedTokens {
+        family_id: family_id.to_owned(),
+        client_id: client_id.to_owned(),
+        user_id: user_id.to_owned(),
+        org_id: org_id.to_owned(),
+        scopes: scopes.to_string(),
+        resource: resource.to_owned(),
+        access_jti_hash: HashedToken::of(&jti).as_str().to_owned(),
+        access_expires_at: now + ttl,
+        refresh: refresh
+            .as_ref()
+            .map(|r| (r.hash().as_str().to_owned(), refresh_expires)),
+    };
+    let response = TokenResponse {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in: ttl,
+        refresh_token: refresh.map(|r| r.expose().to_owned()),
+        scope: scopes.to_string(),
+    };
+    Ok((issued, response))
+}
+
+async fn exchange_authorization_code(
+    state: &AppState,
+    client: &ClientRow,
+    code: &str,
+    redirect_uri: &str,
+    verifier: &CodeVerifier,
+) -> Result<Response, OAuthError> {
+    let Ok(code) = PlainToken::parse(TokenKind::Code, code) else {
+        return Err(OAuthError::invalid_grant("the code is not valid"));
+    };
+    let now = state.clock.now();
+    let audit = AuditEntry::new(now, format!("client:{}", client.id), "oauth.tokens_issued")
+        .detail(serde_json::json!({ "grant_type": "authorization_code" }));
+    let outcome = state
+        .store
+        .redeem_code(
+            code.hash().as_str(),
+            now,
+            |row| {
+                if row.client_id != client.id {
+                    return Err("the code was issued to another client".into());
+                }
+                if row.redirect_uri != redirect_uri {
+                    return Err("redirect_uri does not match the authorization request".into());
+                }
+                if !CodeChallenge::from_stored(row.code_challenge.clone()).verify(verifier) {
+                    return Err("code_verifier does not match the code_challenge".into());
+                }
+                let scopes = ScopeSet::parse(&row.scopes).unwrap_or_default();
+                let with_refresh = state.config.oauth.always_issue_refresh_token
+                    || scopes.contains("offline_access");
+                mint(
+                    state,
+                    Grant {
+                        client_id: &client.id,
+                        user_id: &row.user_id,
+                        org_id: &row.org_id,
+                        family_id: &row.family_id,
+                        scopes: &scopes,
+                        resource: &row.resource,
+                    },
+                    with_refresh,
+                )
+                .map_err(|e| e.description)
+            },
+            audit,
+        )
+        .await?;
+    match outcome {
+        CodeRedemption::Redeemed(response) => Ok(json_no_store(&response)),
+        CodeRedemption::Rejected(reason) => Err(OAuthError::invalid_grant(reason)),
+        CodeRedemption::Replayed => {
+            tracing::warn!(client.id = %client.id, "authorization code replayed; its tokens are revoked");
+            Err(OAuthError::invalid_grant("the code was already used"))
+        }
+        CodeRedemption::Unknown => Err(OAuthError::invalid_grant("the code is invalid or expired")),
+    }
+}
+
+async fn refresh(
+    state: &AppState,
+    client: &ClientRow,
+    token: &str,
+    scope: Option<&str>,
+) -> Result<Response, OAuthError> {
+    let Ok(token) = PlainToken::parse(TokenKind::Refresh, token) else {
+        return Err(OAuthError::invalid_grant("the refresh token is not valid"));
+    };
+    let requested = match scope {
+        Some(s) => Some(
+            ScopeSet::parse(s)
+                .map_err(|e| OAuthError::new(ErrorCode::InvalidScope, e.to_string()))?,
+        ),
+        None => None,
+    };
+    let now = state.clock.now();
+    let outcome = state
+        .store
+        .rotate_refresh_token(
+            token.hash().as_str(),
+            &client.id,
+            now,
+            state.config.tokens.refresh_grace_secs,
+            |row| {
+                let granted = ScopeSet::parse(&row.scopes).unwrap_or_default();
+                let scopes = match &requested {
+                    Some(r) if !r.is_subset(&granted) => {
+                        return Err(OAuthError::new(
+                            ErrorCode::InvalidScope,
+                            "scope exceeds what was granted",
+                        ));
+                    }
+                    Some(r) => r.clone(),
+                    None => granted.clone(),
+                };
+                let (mut issued, response) = mint(
+                    state,
+                    Grant {
+                        client_id: &client.id,
+                        user_id: &row.user_id,
+                        org_id: &row.org_id,
+                        family_id: &row.family_id,
+                        scopes: &scopes,
+                        resource: &row.resource,
+                    },
+                    true,
+                )?;
+                // The refresh token keeps the full grant; a narrower scope only narrows this access token.
+                issued.scopes = granted.to_string();
+                let body = serde_json::to_vec(&response)
+                    .map_err(|_| OAuthError::new(ErrorCode::ServerError, "internal error"))?;
+                let sealed = seal(token.expose(), SUCCESSOR, &body)
+                    .ok_or_else(|| OAuthError::new(ErrorCode::ServerError, "internal error"))?;
+                Ok((issued, sealed, response))
+            },
+        )
+        .await?;
+    match outcome {
+        RefreshOutcome::Rotated(response) => Ok(json_no_store(&response)),
+        RefreshOutcome::Refused(e) => Err(e),
+        RefreshOutcome::Retried(sealed) => {
+            let body = open(token.expose(), SUCCESSOR, &sealed)
+                .ok_or_else(|| OAuthError::invalid_grant("the refresh token was already used"))?;
+            let response: TokenResponse = serde_json::from_slice(&body)
+                .map_err(|_| OAuthError::invalid_grant("the refresh token was already used"))?;
+            Ok(json_no_store(&response))
+        }
+        RefreshOutcome::ReuseDetected { family_id } => {
+            tracing::warn!(client.id = %client.id, family.id = %family_id, "refresh token reused after rotation; family revoked");
+            Err(OAuthError::invalid_grant(
+                "the refresh token was already used; sign in again",
+            ))
+        }
+        RefreshOutcome::Invalid => Err(OAuthError::invalid_grant(
+            "the refresh token is invalid, expired or revoked",
+        )),
+    }
+}
