@@ -17,12 +17,13 @@ use crate::bootstrap;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::crypto::password::hash_password;
-use crate::crypto::{PlainToken, TokenKind};
+use crate::crypto::{PlainToken, TokenKind, keys, random};
 use crate::domain::org::OrgName;
 use crate::domain::scope::parse_known_scopes;
 use crate::domain::user::Password;
-use crate::domain::{DisplayName, Email, OrgSlug, OrgStatus, Role};
+use crate::domain::{DisplayName, Email, OrgSlug, OrgStatus, RedirectUri, Role};
 use crate::storage::credentials::NewPat;
+use crate::storage::oauth::NewClient;
 use crate::storage::{AuditEntry, AuditFilter, OrgRow, StorageError, Store, UserRow};
 use crate::telemetry;
 
@@ -72,6 +73,47 @@ enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage OAuth clients registered by the operator (pre-registered clients).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage the keys that sign access tokens.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Register a client; a confidential client's secret is printed once.
+    Create {
+        /// Name shown on the consent page.
+        #[arg(long)]
+        name: String,
+        /// Allowed redirect URI (repeat for several). https, or http on a loopback host
+        /// (any port is then accepted).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// A public client (no secret, `token_endpoint_auth_method: none`).
+        #[arg(long)]
+        public: bool,
+        /// How a confidential client sends its secret: client_secret_basic or client_secret_post.
+        #[arg(long, default_value = "client_secret_basic")]
+        auth_method: String,
+    },
+    /// List every client (registered dynamically or here).
+    List,
+    /// Delete a client and revoke every token issued to it.
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List signing keys.
+    List,
+    /// Add a new signing key and retire the others (they stay published, so tokens they
+    /// signed keep verifying). Running servers pick it up when restarted.
+    Rotate,
+    /// Delete keys retired longer ago than the access-token lifetime.
+    Retire,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         store,
         json: cli.json,
         now: clock.now(),
+        access_ttl_secs: config.tokens.access_ttl_secs,
     };
     let result = ctx.dispatch(cli.command).await;
     ctx.store.close().await;
@@ -292,6 +335,7 @@ struct Ctx {
     store: Store,
     json: bool,
     now: i64,
+    access_ttl_secs: i64,
 }
 
 impl Ctx {
@@ -360,6 +404,8 @@ impl Ctx {
             Command::Key(c) => self.key_command(c).await,
             Command::Pat(c) => self.pat_command(c).await,
             Command::Audit(c) => self.audit_command(c).await,
+            Command::Client(c) => self.client_command(c).await,
+            Command::Keys(c) => self.keys_command(c).await,
         }
     }
 
@@ -799,4 +845,178 @@ fn read_password() -> anyhow::Result<Password> {
         .context("reading the password from standard input")?;
     let line = line.trim_end_matches(['\r', '\n']).to_owned();
     Ok(Password::parse(line)?)
+}
+
+impl Ctx {
+    async fn client_command(&self, c: ClientCommand) -> anyhow::Result<()> {
+        match c {
+            ClientCommand::Create {
+                name,
+                redirect_uris,
+                public,
+                auth_method,
+            } => {
+                let name = DisplayName::parse(&name).context("--name")?;
+                let mut uris = Vec::new();
+                for raw in &redirect_uris {
+                    let uri = RedirectUri::parse(raw)
+                        .map_err(|e| anyhow!("--redirect-uri {raw:?}: {e}"))?;
+                    uris.push(uri.as_str().to_owned());
+                }
+                let method = if public {
+                    "none"
+                } else {
+                    match auth_method.as_str() {
+                        "client_secret_basic" => "client_secret_basic",
+                        "client_secret_post" => "client_secret_post",
+                        other => bail!(
+                            "--auth-method {other:?}: expected client_secret_basic or client_secret_post"
+                        ),
+                    }
+                };
+                let secret = (!public).then(|| PlainToken::generate(TokenKind::ClientSecret));
+                let (row, _) = self
+                    .store
+                    .insert_client(
+                        NewClient {
+                            id: random::id("client"),
+                            origin: "static",
+                            name: name.as_str().to_owned(),
+                            redirect_uris: uris.clone(),
+                            auth_method: method.to_owned(),
+                            secret_hash: secret.as_ref().map(|s| s.hash().as_str().to_owned()),
+                            can_introspect: !public,
+                            dedupe_key: None,
+                            metadata: json!({ "client_name": name.as_str(), "redirect_uris": uris, "token_endpoint_auth_method": method }),
+                        },
+                        self.now,
+                        self.audit("client.create"),
+                    )
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                let secret_text = secret
+                    .as_ref()
+                    .map(|s| {
+                        format!(
+                            "client_secret: {}\n\nThe secret is shown only now.\n",
+                            s.expose()
+                        )
+                    })
+                    .unwrap_or_default();
+                self.print(
+                    format!("client_id: {}\nauth method: {method}\n{secret_text}", row.id),
+                    json!({ "client_id": row.id, "name": row.name, "token_endpoint_auth_method": method,
+                            "redirect_uris": row.redirect_uri_list(), "client_secret": secret.as_ref().map(|s| s.expose()) }),
+                );
+            }
+            ClientCommand::List => {
+                let clients = self
+                    .store
+                    .list_clients()
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                let rows: Vec<Vec<String>> = clients
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.id.clone(),
+                            c.name.clone(),
+                            c.origin.clone(),
+                            c.auth_method.clone(),
+                            c.redirect_uri_list().join(" "),
+                            output::time(c.last_used_at),
+                        ]
+                    })
+                    .collect();
+                self.print(
+                    output::table(
+                        &["ID", "NAME", "ORIGIN", "AUTH", "REDIRECT URIS", "LAST USED"],
+                        &rows,
+                    ),
+                    json!(clients),
+                );
+            }
+            ClientCommand::Delete { id } => {
+                self.store
+                    .delete_client(&id, self.now, self.audit("client.delete"))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::NotFound => anyhow!("no client with id {id:?}"),
+                        other => anyhow!(describe(other)),
+                    })?;
+                self.print(
+                    format!("deleted client {id} and revoked its tokens\n"),
+                    json!({ "id": id, "deleted": true }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn keys_command(&self, c: KeysCommand) -> anyhow::Result<()> {
+        match c {
+            KeysCommand::List => {}
+            KeysCommand::Rotate => {
+                let key = keys::generate(random::id("key"), self.now)?;
+                self.store
+                    .insert_signing_key(&key)
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                self.store
+                    .retire_signing_keys_except(&key.kid, self.now)
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                self.store
+                    .append_audit(&self.audit("keys.rotate").target(format!("key:{}", key.kid)))
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                if !self.json {
+                    println!(
+                        "new signing key {}; restart running servers to sign with it",
+                        key.kid
+                    );
+                }
+            }
+            KeysCommand::Retire => {
+                let n = self
+                    .store
+                    .delete_retired_signing_keys(self.now - self.access_ttl_secs)
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                if !self.json {
+                    println!("deleted {n} retired key(s) whose tokens have all expired");
+                }
+            }
+        }
+        let keys = self
+            .store
+            .list_signing_keys()
+            .await
+            .map_err(|e| anyhow!(describe(e)))?;
+        let rows: Vec<Vec<String>> = keys
+            .iter()
+            .map(|k| {
+                vec![
+                    k.kid.clone(),
+                    if k.retired_at.is_some() {
+                        "retired"
+                    } else {
+                        "signing"
+                    }
+                    .into(),
+                    output::time(Some(k.created_at)),
+                    output::time(k.retired_at),
+                ]
+            })
+            .collect();
+        let machine: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| json!({ "kid": k.kid, "public_key": k.public_key, "created_at": k.created_at, "retired_at": k.retired_at }))
+            .collect();
+        self.print(
+            output::table(&["KID", "STATE", "CREATED", "RETIRED"], &rows),
+            json!(machine),
+        );
+        Ok(())
+    }
 }

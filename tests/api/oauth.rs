@@ -31,6 +31,9 @@ both_backends!(
     access_tokens_are_rfc9068_jwts_verifiable_with_jwks,
     wrong_api_key_shows_the_page_again_and_is_audited,
     password_sign_in_works,
+    preregistered_client_from_the_cli_works_and_deleting_it_revokes_its_tokens,
+    key_rotation_keeps_old_tokens_verifiable,
+    claude_code_builtin_client_needs_no_registration,
 );
 
 async fn metadata_documents_are_exact(app: TestApp) {
@@ -1019,4 +1022,156 @@ async fn password_sign_in_works(app: TestApp) {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let redirect = approve_from(&app, &location(&res)).await;
     assert!(query_param(&redirect, "code").is_some());
+}
+
+async fn preregistered_client_from_the_cli_works_and_deleting_it_revokes_its_tokens(app: TestApp) {
+    let key = owner_key(&app).await;
+    let out = crate::helpers::cli(
+        &app.db,
+        &[
+            "--json",
+            "client",
+            "create",
+            "--name",
+            "Internal tool",
+            "--redirect-uri",
+            CB,
+            "--auth-method",
+            "client_secret_post",
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .json();
+    let id = out["client_id"].as_str().unwrap().to_owned();
+    let secret = out["client_secret"].as_str().unwrap().to_owned();
+    let p = pkce();
+    let q = authorize_query(&id, CB, &p.challenge, &[]);
+    let html = app
+        .client
+        .get(app.url(&format!("/authorize?{q}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("verified"),
+        "operator-registered clients are marked verified"
+    );
+    let redirect = sign_in_and_approve(&app, &q, &key).await;
+    let code = query_param(&redirect, "code").unwrap();
+    let (status, tokens, _) = token(
+        &app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CB),
+            ("code_verifier", &p.verifier),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let listed = crate::helpers::cli(&app.db, &["client", "list"], None)
+        .await
+        .ok();
+    assert!(listed.stdout.contains(&id) && !listed.stdout.contains(&secret));
+
+    crate::helpers::cli(&app.db, &["client", "delete", &id], None)
+        .await
+        .ok();
+    let (status, err, _) = token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a deleted client must re-register"
+    );
+    assert_eq!(err["error"], "invalid_client");
+    let jti = gatehouse::crypto::HashedToken::of(
+        decode_claims(tokens["access_token"].as_str().unwrap())["jti"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(
+        app.store
+            .is_access_token_revoked(jti.as_str())
+            .await
+            .unwrap()
+    );
+    crate::helpers::cli(&app.db, &["client", "delete", &id], None)
+        .await
+        .failed();
+}
+
+async fn key_rotation_keeps_old_tokens_verifiable(app: TestApp) {
+    let before = crate::helpers::cli(&app.db, &["--json", "keys", "list"], None)
+        .await
+        .ok()
+        .json();
+    assert_eq!(before.as_array().unwrap().len(), 1);
+    let after = crate::helpers::cli(&app.db, &["--json", "keys", "rotate"], None)
+        .await
+        .ok()
+        .json();
+    let keys = after.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        keys.iter().filter(|k| k["retired_at"].is_null()).count(),
+        1,
+        "one key signs"
+    );
+    // Both stay published (the retired one until its tokens expire).
+    let stored = app.store.list_signing_keys().await.unwrap();
+    let set = gatehouse::crypto::keys::KeySet::from_stored(&stored).unwrap();
+    assert_eq!(set.jwks()["keys"].as_array().unwrap().len(), 2);
+    let retired = crate::helpers::cli(&app.db, &["--json", "keys", "retire"], None)
+        .await
+        .ok()
+        .json();
+    assert_eq!(retired.as_array().unwrap().len(), 2, "too recent to delete");
+}
+
+async fn claude_code_builtin_client_needs_no_registration(app: TestApp) {
+    let key = owner_key(&app).await;
+    let client = gatehouse::oauth::clients::CLAUDE_CODE;
+    let p = pkce();
+    let cb = "http://localhost:61234/callback";
+    let q = authorize_query(client, cb, &p.challenge, &[]);
+    let html = app
+        .client
+        .get(app.url(&format!("/authorize?{q}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("claude.ai"), "verified by its domain");
+    let redirect = sign_in_and_approve(&app, &q, &key).await;
+    let code = query_param(&redirect, "code").unwrap();
+    let (status, _, _) = token(
+        &app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", cb),
+            ("code_verifier", &p.verifier),
+            ("client_id", client),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
 }
