@@ -19,6 +19,8 @@ pub fn metadata_document(state: &AppState) -> serde_json::Value {
         "token_endpoint": format!("{base}{}", paths::TOKEN),
         "registration_endpoint": format!("{base}{}", paths::REGISTER),
         "revocation_endpoint": format!("{base}{}", paths::REVOKE),
+        "introspection_endpoint": format!("{base}{}", paths::INTROSPECT),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "jwks_uri": format!("{base}{}", paths::JWKS),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],

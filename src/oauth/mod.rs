@@ -4,6 +4,7 @@ mod authorize;
 mod client_auth;
 pub mod clients;
 mod error;
+mod introspect;
 mod metadata;
 mod register;
 mod revoke;
@@ -28,6 +29,7 @@ pub mod paths {
     pub const REGISTER: &str = "/register";
     pub const REVOKE: &str = "/revoke";
     pub const JWKS: &str = "/jwks";
+    pub const INTROSPECT: &str = "/introspect";
 }
 
 pub fn router(state: &AppState) -> Router<AppState> {
@@ -56,6 +58,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route(paths::REGISTER, post(register::post_register))
         .route(paths::TOKEN, post(token::post_token))
         .route(paths::REVOKE, post(revoke::post_revoke))
+        .route(paths::INTROSPECT, post(introspect::post_introspect))
         .layer(cors);
     Router::new()
         .route(

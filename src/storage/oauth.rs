@@ -602,3 +602,23 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// A refresh token that can still be used: not rotated, not expired, family live.
+    pub async fn find_live_refresh_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<RefreshRow>, StorageError> {
+        let sql = format!(
+            "{REFRESH_SELECT} WHERE r.token_hash = $1 AND r.rotated_at IS NULL AND r.expires_at > $2 AND f.revoked_at IS NULL"
+        );
+        Ok(with_pool!(self, |pool| sqlx::query_as::<_, RefreshRow>(
+            &sql
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?))
+    }
+}

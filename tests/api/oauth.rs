@@ -34,6 +34,9 @@ both_backends!(
     preregistered_client_from_the_cli_works_and_deleting_it_revokes_its_tokens,
     key_rotation_keeps_old_tokens_verifiable,
     claude_code_builtin_client_needs_no_registration,
+    introspection_reports_live_and_revoked_tokens,
+    expired_codes_and_refresh_tokens_are_invalid_grant,
+    cors_allows_claude_on_the_token_endpoint_only_for_configured_origins,
 );
 
 async fn metadata_documents_are_exact(app: TestApp) {
@@ -60,6 +63,8 @@ async fn metadata_documents_are_exact(app: TestApp) {
             "token_endpoint": format!("{base}/token"),
             "registration_endpoint": format!("{base}/register"),
             "revocation_endpoint": format!("{base}/revoke"),
+            "introspection_endpoint": format!("{base}/introspect"),
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "jwks_uri": format!("{base}/jwks"),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
@@ -1174,4 +1179,139 @@ async fn claude_code_builtin_client_needs_no_registration(app: TestApp) {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+async fn introspection_reports_live_and_revoked_tokens(app: TestApp) {
+    let flow = full_flow(&app).await;
+    let out = crate::helpers::cli(
+        &app.db,
+        &[
+            "--json",
+            "client",
+            "create",
+            "--name",
+            "RS",
+            "--redirect-uri",
+            CB,
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .json();
+    let (id, secret) = (
+        out["client_id"].as_str().unwrap().to_owned(),
+        out["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let introspect = |token: String| {
+        let req = app
+            .client
+            .post(app.url("/introspect"))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("token", token)]);
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let at = flow.tokens["access_token"].as_str().unwrap().to_owned();
+    let rt = flow.tokens["refresh_token"].as_str().unwrap().to_owned();
+    let r = introspect(at.clone()).await;
+    assert_eq!(r["active"], true);
+    assert_eq!(r["client_id"], flow.client_id.as_str());
+    assert_eq!(introspect(rt.clone()).await["active"], true);
+    assert_eq!(introspect("gth_rt_nonsense".into()).await["active"], false);
+    app.client
+        .post(app.url("/revoke"))
+        .form(&[
+            ("token", at.as_str()),
+            ("client_id", flow.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(introspect(at).await["active"], false);
+    // A public (DCR) client may not introspect.
+    let res = app
+        .client
+        .post(app.url("/introspect"))
+        .form(&[
+            ("token", rt.as_str()),
+            ("client_id", flow.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let err: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(err["error"], "unauthorized_client");
+}
+
+async fn expired_codes_and_refresh_tokens_are_invalid_grant(app: TestApp) {
+    let key = owner_key(&app).await;
+    let client = register_public(&app, CB).await;
+    let p = pkce();
+    let code = code_for(&app, &key, &client, &p).await;
+    app.clock.advance(app.config.tokens.code_ttl_secs + 1);
+    let (status, err, _) = token(
+        &app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CB),
+            ("code_verifier", &p.verifier),
+            ("client_id", &client),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["error"], "invalid_grant");
+
+    let p = pkce();
+    let code = code_for(&app, &key, &client, &p).await;
+    let (status, t, _) = token(
+        &app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CB),
+            ("code_verifier", &p.verifier),
+            ("client_id", &client),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    app.clock.advance(app.config.tokens.refresh_ttl_secs + 1);
+    let (status, err, _) = token(
+        &app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+            ("client_id", &client),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["error"], "invalid_grant");
+}
+
+async fn cors_allows_claude_on_the_token_endpoint_only_for_configured_origins(app: TestApp) {
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/token"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let res = preflight("https://claude.ai").await.unwrap();
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://claude.ai"
+    );
+    let res = preflight("https://evil.example").await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
 }

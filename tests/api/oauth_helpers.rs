@@ -127,6 +127,9 @@ pub async fn sign_in_and_approve(app: &TestApp, query: &str, api_key: &str) -> S
         .send()
         .await
         .unwrap();
+    if res.status() == StatusCode::SEE_OTHER {
+        return location(&res); // signed in and consent remembered
+    }
     assert_eq!(res.status(), StatusCode::OK);
     let html = res.text().await.unwrap();
     if !html.contains("action=\"/authorize/login\"") {
