@@ -65,6 +65,7 @@ struct RawOAuth {
     default_scopes: String,
     cors_origins: String,
     always_issue_refresh_token: String,
+    cimd_allow_private_addresses: String,
 }
 
 impl Default for RawOAuth {
@@ -73,6 +74,7 @@ impl Default for RawOAuth {
             default_scopes: "account:read account:write".into(),
             cors_origins: "https://claude.ai https://claude.com".into(),
             always_issue_refresh_token: "true".into(),
+            cimd_allow_private_addresses: "false".into(),
         }
     }
 }
@@ -230,6 +232,9 @@ pub struct OAuthConfig {
     pub cors_origins: Vec<String>,
     /// Issue a refresh token even when `offline_access` was not requested.
     pub always_issue_refresh_token: bool,
+    /// Lets Client ID Metadata Documents come from private or loopback addresses over
+    /// plain http. For tests and closed networks only: it disables the SSRF guard.
+    pub cimd_allow_private_addresses: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -453,16 +458,25 @@ impl Config {
                 })?;
             cors_origins.push(url.origin().ascii_serialization());
         }
-        let always_issue_refresh_token = match raw.oauth.always_issue_refresh_token.trim() {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(o.error(
-                    "oauth.always_issue_refresh_token",
-                    format!("{other:?} is not true or false"),
-                ));
-            }
+        let boolean = |key: &str, v: &str| match v.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(o.error(key, format!("{other:?} is not true or false"))),
         };
+        let always_issue_refresh_token = boolean(
+            "oauth.always_issue_refresh_token",
+            &raw.oauth.always_issue_refresh_token,
+        )?;
+        let cimd_allow_private_addresses = boolean(
+            "oauth.cimd_allow_private_addresses",
+            &raw.oauth.cimd_allow_private_addresses,
+        )?;
+        if cimd_allow_private_addresses && mode == Mode::Production {
+            return Err(o.error(
+                "oauth.cimd_allow_private_addresses",
+                "must be false in production mode (it disables the SSRF guard)",
+            ));
+        }
 
         let format = match raw.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
@@ -509,6 +523,7 @@ impl Config {
                 default_scopes,
                 cors_origins,
                 always_issue_refresh_token,
+                cimd_allow_private_addresses,
             },
             log: LogConfig {
                 format,
@@ -559,6 +574,7 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "oauth.default_scopes",
         "oauth.cors_origins",
         "oauth.always_issue_refresh_token",
+        "oauth.cimd_allow_private_addresses",
         "log.format",
         "log.filter",
     ]

@@ -1,6 +1,7 @@
 //! What every handler can reach. No globals: tests build as many of these as they like.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -8,7 +9,7 @@ use crate::crypto::keys::{self, KeyError, KeySet};
 use crate::crypto::mac::{MacKey, random_key_b64};
 use crate::crypto::random;
 use crate::domain::ResourceUri;
-use crate::storage::{StorageError, Store};
+use crate::storage::{ClientRow, StorageError, Store};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,6 +22,8 @@ pub struct AppState {
     pub mac: MacKey,
     /// `<public_url>/mcp`, the audience of every access token.
     pub resource: ResourceUri,
+    /// Client ID Metadata Documents fetched recently, by URL, with the fetch time.
+    pub cimd_cache: Arc<Mutex<HashMap<String, (i64, ClientRow)>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,7 @@ impl AppState {
             keys: Arc::new(keys),
             mac: MacKey::from_bytes(secret.as_bytes()),
             resource,
+            cimd_cache: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 }

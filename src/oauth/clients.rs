@@ -44,6 +44,15 @@ pub async fn find_client(state: &AppState, id: &str) -> Result<Option<ClientRow>
     if id.is_empty() || id.len() > 2000 {
         return Ok(None);
     }
+    if id.starts_with("https://") || id.starts_with("http://") {
+        return Ok(match super::cimd::resolve(state, id).await {
+            Ok(row) => Some(row),
+            Err(reason) => {
+                tracing::warn!(client.id = %id, reason = %reason, "client metadata document refused");
+                None
+            }
+        });
+    }
     state.store.find_client(id).await
 }
 

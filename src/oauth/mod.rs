@@ -1,6 +1,7 @@
 //! The OAuth 2.1 authorization server. Imports domain, crypto, storage and http; never mcp.
 
 mod authorize;
+mod cimd;
 mod client_auth;
 pub mod clients;
 mod error;

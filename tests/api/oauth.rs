@@ -1315,3 +1315,111 @@ async fn cors_allows_claude_on_the_token_endpoint_only_for_configured_origins(ap
     let res = preflight("https://evil.example").await.unwrap();
     assert!(res.headers().get("access-control-allow-origin").is_none());
 }
+
+/// Serves a Client ID Metadata Document on loopback; returns its URL (the client_id).
+async fn serve_metadata_document(
+    document: impl Fn(&str) -> serde_json::Value + Send + 'static,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/oauth/client.json",
+        listener.local_addr().unwrap().port()
+    );
+    let body = document(&url);
+    let app = axum::Router::new().route(
+        "/oauth/client.json",
+        axum::routing::get(move || async move { axum::Json(body) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+async fn cimd_client_from_a_local_document_completes_the_flow(backend: crate::helpers::Backend) {
+    let Some(app) =
+        crate::helpers::spawn_app_with(backend, |c| c.oauth.cimd_allow_private_addresses = true)
+            .await
+    else {
+        return;
+    };
+    let key = owner_key(&app).await;
+    let client_id = serve_metadata_document(|url| {
+        json!({ "client_id": url, "client_name": "Doc Client", "redirect_uris": [CB], "token_endpoint_auth_method": "none" })
+    })
+    .await;
+    let p = pkce();
+    let q = authorize_query(&client_id, CB, &p.challenge, &[]);
+    let html = app
+        .client
+        .get(app.url(&format!("/authorize?{q}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("Doc Client") && html.contains("verified: 127.0.0.1"),
+        "{html}"
+    );
+    let redirect = sign_in_and_approve(&app, &q, &key).await;
+    let code = query_param(&redirect, "code").unwrap();
+    let (status, t, _) = token(
+        &app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CB),
+            ("code_verifier", &p.verifier),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{t}");
+
+    // A document whose client_id is not its own URL is refused with a page.
+    let liar = serve_metadata_document(|_| json!({ "client_id": "https://claude.ai/oauth/mcp-oauth-client-metadata", "redirect_uris": [CB] })).await;
+    let res = app
+        .client
+        .get(app.url(&format!(
+            "/authorize?{}",
+            authorize_query(&liar, CB, &p.challenge, &[])
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.headers().get("location").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cimd_client_from_a_local_document_completes_the_flow_sqlite() {
+    cimd_client_from_a_local_document_completes_the_flow(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cimd_client_from_a_local_document_completes_the_flow_postgres() {
+    cimd_client_from_a_local_document_completes_the_flow(crate::helpers::Backend::Postgres).await;
+}
+
+both_backends!(cimd_documents_on_private_addresses_are_refused_by_default);
+
+async fn cimd_documents_on_private_addresses_are_refused_by_default(app: TestApp) {
+    let client_id =
+        serve_metadata_document(|url| json!({ "client_id": url, "redirect_uris": [CB] })).await;
+    let p = pkce();
+    let res = app
+        .client
+        .get(app.url(&format!(
+            "/authorize?{}",
+            authorize_query(&client_id, CB, &p.challenge, &[])
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::BAD_REQUEST,
+        "SSRF guard: loopback and plain http are refused"
+    );
+    assert!(res.headers().get("location").is_none());
+}
