@@ -342,7 +342,9 @@ fn login_page(
             orgs,
         }
         .render(),
-        None,
+        // A sign-in can end in a redirect to the client (consent already given), and
+        // browsers check every redirect after a form post against form-action.
+        Some(&req.redirect_uri),
     )
 }
 

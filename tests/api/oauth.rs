@@ -629,15 +629,26 @@ async fn deny_returns_access_denied_with_iss(app: TestApp) {
     let client = register_public(&app, CB).await;
     let p = pkce();
     let q = authorize_query(&client, CB, &p.challenge, &[]);
-    let html = app
+    let res = app
         .client
         .get(app.url(&format!("/authorize?{q}")))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("form-action 'self' https://claude.ai"),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("unsafe-inline") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(res.headers()["referrer-policy"], "no-referrer");
+    let html = res.text().await.unwrap();
     let res = app
         .client
         .post(app.url("/authorize/login"))
