@@ -1245,7 +1245,48 @@ async fn introspection_reports_live_and_revoked_tokens(app: TestApp) {
         .send()
         .await
         .unwrap();
-    assert_eq!(introspect(at).await["active"], false);
+    assert_eq!(introspect(at.clone()).await["active"], false);
+    // A tampered token is never active.
+    let mut parts: Vec<String> = at.split('.').map(str::to_owned).collect();
+    parts[1] = parts[1].chars().rev().collect();
+    assert_eq!(introspect(parts.join(".")).await["active"], false);
+    // Personal access tokens can be introspected and revoked through /revoke.
+    let pat = crate::helpers::cli(
+        &app.db,
+        &[
+            "--json",
+            "pat",
+            "create",
+            "--org",
+            "default",
+            "--user",
+            "owner@example.com",
+            "--name",
+            "agent",
+            "--scopes",
+            "account:read",
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(introspect(pat.clone()).await["active"], true);
+    let res = app
+        .client
+        .post(app.url("/revoke"))
+        .form(&[
+            ("token", pat.as_str()),
+            ("client_id", flow.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(introspect(pat).await["active"], false);
     // A public (DCR) client may not introspect.
     let res = app
         .client
