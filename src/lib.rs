@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod mcp;
 pub mod oauth;
 pub mod routes;
 pub mod state;

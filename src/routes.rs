@@ -17,8 +17,8 @@ use tracing::Level;
 
 use crate::http::json_error;
 use crate::http::middleware::{self, REQUEST_ID};
-use crate::oauth;
 use crate::state::AppState;
+use crate::{mcp, oauth};
 
 /// Paths shared by the router and the metadata documents that publish them.
 pub mod paths {
@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::READYZ, get(get_readyz))
         .route(paths::STYLESHEET, get(get_stylesheet))
         .merge(oauth::router(&state))
+        .merge(mcp::router())
         .fallback(not_found)
         .with_state(state)
         // Router::layer wraps outward: the last layer added sees the request first.

@@ -9,6 +9,8 @@ use crate::crypto::keys::{self, KeyError, KeySet};
 use crate::crypto::mac::{MacKey, random_key_b64};
 use crate::crypto::random;
 use crate::domain::ResourceUri;
+use crate::mcp::auth::TokenCache;
+use crate::mcp::tools::Registry;
 use crate::storage::{ClientRow, StorageError, Store};
 
 #[derive(Clone)]
@@ -24,6 +26,10 @@ pub struct AppState {
     pub resource: ResourceUri,
     /// Client ID Metadata Documents fetched recently, by URL, with the fetch time.
     pub cimd_cache: Arc<Mutex<HashMap<String, (i64, ClientRow)>>>,
+    /// Bearer tokens already verified by `/mcp`.
+    pub token_cache: Arc<TokenCache>,
+    /// The tools `/mcp` serves.
+    pub tools: Arc<Registry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,8 @@ impl AppState {
             mac: MacKey::from_bytes(secret.as_bytes()),
             resource,
             cimd_cache: Arc::new(Mutex::new(HashMap::new())),
+            token_cache: Arc::new(TokenCache::default()),
+            tools: Arc::new(Registry::builtin()),
         })
     }
 }

@@ -146,6 +146,11 @@ impl HashedToken {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A digest read back from storage or a cache key (already a digest).
+    pub fn from_digest(hex: &str) -> Self {
+        Self(hex.to_owned())
+    }
 }
 
 impl fmt::Debug for HashedToken {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod health;
+mod mcp;
 mod oauth;
 mod oauth_helpers;
 mod storage;
