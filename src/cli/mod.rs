@@ -320,13 +320,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let public_url = config.server.public_url.clone();
     let backend = store.backend();
     let app = App::build_with_store(config, store, clock).await?;
+    let shutdown = shutdown_signal();
     tracing::info!(
         addr = %app.local_addr(),
         public_url = %public_url,
         database = backend,
         "gatehouse is listening"
     );
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
