@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::client_auth::authenticate;
 use super::error::{ErrorCode, OAuthError};
+use super::form::Params;
 use crate::crypto::jwt;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
 use crate::state::AppState;
@@ -17,13 +18,8 @@ pub async fn post_introspect(
     headers: HeaderMap,
     RawForm(body): RawForm,
 ) -> Result<Response, OAuthError> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let params = Params::parse(&body)?;
+    let get = |name: &str| params.get(name);
     let client = authenticate(&state, &headers, get("client_id"), get("client_secret")).await?;
     if !client.can_introspect {
         return Err(OAuthError::new(
@@ -31,9 +27,7 @@ pub async fn post_introspect(
             "this client may not introspect tokens",
         ));
     }
-    let token = get("token")
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+    let token = params.require("token")?;
     let now = state.clock.now();
     let inactive = json!({ "active": false });
     let issuer = &state.config.server.public_url;

@@ -5,6 +5,7 @@ mod cimd;
 mod client_auth;
 pub mod clients;
 mod error;
+mod form;
 mod introspect;
 mod metadata;
 mod register;

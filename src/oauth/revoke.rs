@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::client_auth::authenticate;
 use super::error::OAuthError;
+use super::form::Params;
 use crate::crypto::jwt;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
 use crate::state::AppState;
@@ -17,16 +18,9 @@ pub async fn post_revoke(
     headers: HeaderMap,
     RawForm(body): RawForm,
 ) -> Result<Response, OAuthError> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let token = get("token")
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+    let params = Params::parse(&body)?;
+    let get = |name: &str| params.get(name);
+    let token = params.require("token")?;
     let client = authenticate(&state, &headers, get("client_id"), get("client_secret")).await?;
     let now = state.clock.now();
     let audit = |action: &str| AuditEntry::new(now, format!("client:{}", client.id), action);

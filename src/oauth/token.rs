@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::client_auth::authenticate;
 use super::error::{ErrorCode, OAuthError};
+use super::form::Params;
 use crate::crypto::jwt::{self, AccessClaims};
 use crate::crypto::mac::{open, seal};
 use crate::crypto::{HashedToken, PlainToken, TokenKind, random};
@@ -38,35 +39,6 @@ struct TokenResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
     scope: String,
-}
-
-struct Params(Vec<(String, String)>);
-
-impl Params {
-    fn parse(body: &[u8]) -> Result<Self, OAuthError> {
-        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
-        for (k, _) in &pairs {
-            if pairs.iter().filter(|(k2, _)| k2 == k).count() > 1 {
-                return Err(OAuthError::invalid_request(format!(
-                    "parameter {k} appears more than once"
-                )));
-            }
-        }
-        Ok(Self(pairs))
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn require(&self, name: &str) -> Result<&str, OAuthError> {
-        self.get(name)
-            .ok_or_else(|| OAuthError::invalid_request(format!("{name} is required")))
-    }
 }
 
 fn parse_request(p: &Params) -> Result<TokenRequest, OAuthError> {

@@ -112,15 +112,7 @@ async fn claude_flow_with_dcr_ends_in_tokens_that_refresh(app: TestApp) {
     let refresh = t["refresh_token"].as_str().unwrap();
     assert!(refresh.starts_with("gth_rt_"));
 
-    let (status, next, headers) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh),
-            ("client_id", &flow.client_id),
-        ],
-    )
-    .await;
+    let (status, next, headers) = refresh_with(&app, &flow.client_id, refresh).await;
     assert_eq!(status, StatusCode::OK, "{next}");
     assert_eq!(headers["cache-control"], "no-store");
     assert_ne!(
@@ -339,17 +331,7 @@ async fn unknown_scopes_are_dropped_for_the_default_set(app: TestApp) {
     let q = authorize_query(&client, CB, &p.challenge, &[("scope", "claudeai")]);
     let redirect = sign_in_and_approve(&app, &q, &key).await;
     let code = query_param(&redirect, "code").unwrap();
-    let (status, t, _) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", CB),
-            ("code_verifier", &p.verifier),
-            ("client_id", &client),
-        ],
-    )
-    .await;
+    let (status, t, _) = exchange(&app, &client, &code, CB, &p.verifier).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(t["scope"], "account:read account:write");
     assert!(
@@ -404,17 +386,7 @@ async fn wrong_or_missing_verifier_fails_and_spends_the_code(app: TestApp) {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(err["error"], "invalid_grant");
-    let (status, _, _) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", CB),
-            ("code_verifier", &p.verifier),
-            ("client_id", &client),
-        ],
-    )
-    .await;
+    let (status, _, _) = exchange(&app, &client, &code, CB, &p.verifier).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a code gets one attempt");
 }
 
@@ -455,37 +427,13 @@ async fn replayed_code_revokes_its_tokens(app: TestApp) {
 async fn refresh_reuse_after_grace_revokes_the_family(app: TestApp) {
     let flow = full_flow(&app).await;
     let r1 = flow.tokens["refresh_token"].as_str().unwrap().to_owned();
-    let (_, second, _) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &r1),
-            ("client_id", &flow.client_id),
-        ],
-    )
-    .await;
+    let (_, second, _) = refresh_with(&app, &flow.client_id, &r1).await;
     let r2 = second["refresh_token"].as_str().unwrap().to_owned();
     app.clock.advance(app.config.tokens.refresh_grace_secs + 1);
-    let (status, err, _) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &r1),
-            ("client_id", &flow.client_id),
-        ],
-    )
-    .await;
+    let (status, err, _) = refresh_with(&app, &flow.client_id, &r1).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(err["error"], "invalid_grant");
-    let (status, _, _) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &r2),
-            ("client_id", &flow.client_id),
-        ],
-    )
-    .await;
+    let (status, _, _) = refresh_with(&app, &flow.client_id, &r2).await;
     assert_eq!(
         status,
         StatusCode::BAD_REQUEST,
@@ -733,17 +681,7 @@ async fn loopback_redirect_accepts_any_port(app: TestApp) {
     let redirect = sign_in_and_approve(&app, &q, &key).await;
     assert!(redirect.starts_with(cb));
     let code = query_param(&redirect, "code").unwrap();
-    let (status, _, _) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", cb),
-            ("code_verifier", &p.verifier),
-            ("client_id", &client),
-        ],
-    )
-    .await;
+    let (status, _, _) = exchange(&app, &client, &code, cb, &p.verifier).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -830,15 +768,7 @@ async fn revoked_refresh_token_stops_working(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let (status, _, _) = token(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", r),
-            ("client_id", &flow.client_id),
-        ],
-    )
-    .await;
+    let (status, _, _) = refresh_with(&app, &flow.client_id, r).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Unknown tokens get 200 too.
     let res = app
@@ -1178,17 +1108,7 @@ async fn claude_code_builtin_client_needs_no_registration(app: TestApp) {
     assert!(html.contains("claude.ai"), "verified by its domain");
     let redirect = sign_in_and_approve(&app, &q, &key).await;
     let code = query_param(&redirect, "code").unwrap();
-    let (status, _, _) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", cb),
-            ("code_verifier", &p.verifier),
-            ("client_id", client),
-        ],
-    )
-    .await;
+    let (status, _, _) = exchange(&app, client, &code, cb, &p.verifier).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -1309,33 +1229,13 @@ async fn expired_codes_and_refresh_tokens_are_invalid_grant(app: TestApp) {
     let p = pkce();
     let code = code_for(&app, &key, &client, &p).await;
     app.clock.advance(app.config.tokens.code_ttl_secs + 1);
-    let (status, err, _) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", CB),
-            ("code_verifier", &p.verifier),
-            ("client_id", &client),
-        ],
-    )
-    .await;
+    let (status, err, _) = exchange(&app, &client, &code, CB, &p.verifier).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(err["error"], "invalid_grant");
 
     let p = pkce();
     let code = code_for(&app, &key, &client, &p).await;
-    let (status, t, _) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", CB),
-            ("code_verifier", &p.verifier),
-            ("client_id", &client),
-        ],
-    )
-    .await;
+    let (status, t, _) = exchange(&app, &client, &code, CB, &p.verifier).await;
     assert_eq!(status, StatusCode::OK);
     app.clock.advance(app.config.tokens.refresh_ttl_secs + 1);
     let (status, err, _) = token(
@@ -1415,17 +1315,7 @@ async fn cimd_client_from_a_local_document_completes_the_flow(backend: crate::he
     );
     let redirect = sign_in_and_approve(&app, &q, &key).await;
     let code = query_param(&redirect, "code").unwrap();
-    let (status, t, _) = token(
-        &app,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", CB),
-            ("code_verifier", &p.verifier),
-            ("client_id", &client_id),
-        ],
-    )
-    .await;
+    let (status, t, _) = exchange(&app, &client_id, &code, CB, &p.verifier).await;
     assert_eq!(status, StatusCode::OK, "{t}");
 
     // A document whose client_id is not its own URL is refused with a page.

@@ -232,3 +232,41 @@ pub async fn full_flow(app: &TestApp) -> Flow {
     assert_eq!(status, StatusCode::OK, "{tokens}");
     Flow { client_id, tokens }
 }
+
+/// The authorization-code exchange of a public client.
+pub async fn exchange(
+    app: &TestApp,
+    client_id: &str,
+    code: &str,
+    redirect_uri: &str,
+    verifier: &str,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    token(
+        app,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+            ("client_id", client_id),
+        ],
+    )
+    .await
+}
+
+/// A refresh-token grant of a public client.
+pub async fn refresh_with(
+    app: &TestApp,
+    client_id: &str,
+    refresh_token: &str,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    token(
+        app,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ],
+    )
+    .await
+}
