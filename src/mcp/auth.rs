@@ -43,6 +43,8 @@ pub enum BearerError {
     Missing,
     Invalid(&'static str),
     InsufficientScope(ScopeSet),
+    /// The caller's organization is suspended: refused everywhere.
+    Suspended,
     Unavailable,
 }
 
@@ -90,6 +92,13 @@ impl BearerError {
                     format!("insufficient scope: needs {needed}"),
                 )
             }
+            Self::Suspended => (
+                StatusCode::FORBIDDEN,
+                HeaderValue::from_static(
+                    "Bearer error=\"insufficient_scope\", error_description=\"organization suspended\"",
+                ),
+                "this organization is suspended".to_owned(),
+            ),
             Self::Unavailable => {
                 let mut res = crate::http::json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -155,7 +164,7 @@ pub async fn authenticate(
         if fresh {
             return Ok(Some(principal));
         }
-        return match still_valid(state, &revocation_key, now).await {
+        return match still_valid(state, &revocation_key, &principal.org_id, now).await {
             Ok(true) => {
                 if let Ok(mut c) = state.token_cache.0.lock()
                     && let Some(e) = c.get_mut(&digest)
@@ -168,10 +177,16 @@ pub async fn authenticate(
                 forget(state, &digest);
                 Err(BearerError::Invalid("token revoked"))
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if matches!(e, BearerError::Suspended) {
+                    forget(state, &digest);
+                }
+                Err(e)
+            }
         };
     }
     let (principal, revocation_key) = verify(state, token, now).await?;
+    check_org(state, &principal.org_id).await?;
     if let Ok(mut c) = state.token_cache.0.lock() {
         if c.len() >= CACHE_ENTRIES {
             c.clear();
@@ -194,8 +209,23 @@ fn forget(state: &AppState, digest: &str) {
     }
 }
 
+async fn check_org(state: &AppState, org_id: &str) -> Result<(), BearerError> {
+    match state.store.find_org(org_id).await {
+        Ok(Some(org)) if org.status == "suspended" => Err(BearerError::Suspended),
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(BearerError::Invalid("organization no longer exists")),
+        Err(_) => Err(BearerError::Unavailable),
+    }
+}
+
 /// `revocation_key` is `jti:<digest>` or `pat:<digest>`.
-async fn still_valid(state: &AppState, key: &str, now: i64) -> Result<bool, BearerError> {
+async fn still_valid(
+    state: &AppState,
+    key: &str,
+    org_id: &str,
+    now: i64,
+) -> Result<bool, BearerError> {
+    check_org(state, org_id).await?;
     let result = match key.split_once(':') {
         Some(("jti", d)) => state.store.is_access_token_revoked(d).await.map(|r| !r),
         Some(("pat", d)) => {

@@ -14,6 +14,7 @@ both_backends!(
     pat_agent_can_call_tools_and_scope_gaps_are_403,
     revoked_tokens_are_refused_within_a_second,
     malformed_json_rpc_gets_the_right_errors,
+    a_suspended_organization_gets_403_everywhere,
 );
 
 async fn rpc(app: &TestApp, token: Option<&str>, body: Value) -> reqwest::Response {
@@ -279,4 +280,34 @@ async fn malformed_json_rpc_gets_the_right_errors(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+async fn a_suspended_organization_gets_403_everywhere(app: TestApp) {
+    owner_key(&app).await;
+    let t = pat(&app, "account:read").await;
+    let ping = json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" });
+    assert_eq!(
+        rpc(&app, Some(&t), ping.clone()).await.status(),
+        StatusCode::OK
+    );
+    cli(
+        &app.db,
+        &["org", "set-status", "default", "suspended"],
+        None,
+    )
+    .await
+    .ok();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        rpc(&app, Some(&t), ping.clone()).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    cli(&app.db, &["org", "set-status", "default", "active"], None)
+        .await
+        .ok();
+    assert_eq!(
+        rpc(&app, Some(&t), ping).await.status(),
+        StatusCode::OK,
+        "a fresh check after reactivation"
+    );
 }
