@@ -5,7 +5,7 @@ use crate::crypto::random;
 use crate::domain::org::OrgName;
 use crate::domain::{DisplayName, Email, OrgSlug, OrgStatus, Role};
 
-const ORG_COLUMNS: &str = "id, slug, name, status, created_at";
+const ORG_COLUMNS: &str = "id, slug, name, status, created_at, daily_tool_call_quota";
 const USER_COLUMNS: &str = "id, email, display_name, password_hash, created_at";
 const MEMBER_SELECT: &str = "SELECT m.org_id, o.slug AS org_slug, m.user_id, u.email, u.display_name, m.role, m.created_at \
      FROM memberships m JOIN organizations o ON o.id = m.org_id JOIN users u ON u.id = m.user_id";

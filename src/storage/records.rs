@@ -9,6 +9,8 @@ pub struct OrgRow {
     pub name: String,
     pub status: String,
     pub created_at: i64,
+    /// Tool calls allowed per UTC day; `None` is unlimited.
+    pub daily_tool_call_quota: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
