@@ -6,7 +6,7 @@ use crate::domain::ScopeSet;
 
 const KEY_SELECT: &str = "SELECT k.id, k.user_id, u.email, k.org_id, o.slug AS org_slug, k.name, k.created_at, k.last_used_at, k.revoked_at \
      FROM api_keys k JOIN users u ON u.id = k.user_id JOIN organizations o ON o.id = k.org_id";
-const PAT_SELECT: &str = "SELECT t.id, t.user_id, u.email, t.org_id, o.slug AS org_slug, t.name, t.scopes, t.created_at, t.expires_at, t.last_used_at, t.revoked_at \
+pub(super) const PAT_SELECT: &str = "SELECT t.id, t.user_id, u.email, t.org_id, o.slug AS org_slug, t.name, t.scopes, t.created_at, t.expires_at, t.last_used_at, t.revoked_at \
      FROM personal_access_tokens t JOIN users u ON u.id = t.user_id JOIN organizations o ON o.id = t.org_id";
 
 /// What a new PAT is.

@@ -9,6 +9,7 @@
 mod accounts;
 mod audit;
 pub mod credentials;
+mod mcp;
 pub mod oauth;
 pub mod records;
 
@@ -23,6 +24,7 @@ use sqlx::{PgPool, SqlitePool};
 use crate::config::DatabaseConfig;
 
 pub use audit::{AuditEntry, AuditFilter};
+pub use mcp::{ConnectionRow, IdempotencyBegin, UsageRecord, UsageRow};
 pub use records::*;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");

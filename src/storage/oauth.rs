@@ -134,6 +134,7 @@ macro_rules! revoke_family {
         .await?;
     }};
 }
+pub(crate) use revoke_family;
 
 impl Store {
     /// A named random secret shared by all instances, created on first use.
