@@ -300,10 +300,12 @@ impl Store {
         });
         let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (client_id, scopes) in grants {
-            granted
-                .entry(client_id)
-                .or_default()
-                .extend(scopes.split(' ').filter(|s| !s.is_empty()).map(str::to_owned));
+            granted.entry(client_id).or_default().extend(
+                scopes
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
         }
         let mut connections: Vec<ConnectionRow> = rows
             .into_iter()
