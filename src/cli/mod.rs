@@ -130,6 +130,15 @@ enum OrgCommand {
     List,
     /// Set an organization's status: active, read_only or suspended.
     SetStatus { slug: String, status: String },
+    /// Set how many MCP tool calls an organization may make per UTC day, or `none` for
+    /// no limit.
+    #[command(allow_negative_numbers = true)]
+    Quota {
+        slug: String,
+        /// A positive whole number, or `none`.
+        #[arg(value_name = "N|none")]
+        quota: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,13 +447,17 @@ impl Ctx {
                             o.slug.clone(),
                             o.name.clone(),
                             o.status.clone(),
+                            quota_text(o.daily_tool_call_quota),
                             o.id.clone(),
                             output::time(Some(o.created_at)),
                         ]
                     })
                     .collect();
                 self.print(
-                    output::table(&["SLUG", "NAME", "STATUS", "ID", "CREATED"], &rows),
+                    output::table(
+                        &["SLUG", "NAME", "STATUS", "DAILY QUOTA", "ID", "CREATED"],
+                        &rows,
+                    ),
                     json!(orgs),
                 );
             }
@@ -463,6 +476,34 @@ impl Ctx {
                     })?;
                 self.print(
                     format!("organization {} is now {}\n", org.slug, org.status),
+                    json!(org),
+                );
+            }
+            OrgCommand::Quota { slug, quota } => {
+                let daily = parse_quota(&quota)?;
+                let slug = OrgSlug::parse(&slug)?;
+                let mut org = self
+                    .store
+                    .find_org_by_slug(&slug)
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?
+                    .ok_or_else(|| anyhow!("no organization with slug {:?}", slug.as_str()))?;
+                self.store
+                    .set_org_quota(&org.id, daily, self.now, self.audit("org.set_quota"))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::NotFound => {
+                            anyhow!("no organization with slug {:?}", slug.as_str())
+                        }
+                        other => anyhow!(describe(other)),
+                    })?;
+                org.daily_tool_call_quota = daily;
+                self.print(
+                    format!(
+                        "organization {}: daily tool-call quota is now {}\n",
+                        org.slug,
+                        quota_text(daily)
+                    ),
                     json!(org),
                 );
             }
@@ -836,6 +877,21 @@ impl Ctx {
         );
         Ok(())
     }
+}
+
+/// `none` (no limit) or a positive whole number of tool calls per day.
+fn parse_quota(raw: &str) -> anyhow::Result<Option<i64>> {
+    if raw == "none" {
+        return Ok(None);
+    }
+    match raw.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => bail!("quota {raw:?}: expected a positive whole number of calls per day, or \"none\""),
+    }
+}
+
+fn quota_text(daily: Option<i64>) -> String {
+    daily.map_or_else(|| "unlimited".into(), |n| n.to_string())
 }
 
 fn read_password() -> anyhow::Result<Password> {

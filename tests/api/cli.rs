@@ -12,6 +12,7 @@ both_backends!(db:
     cli_errors_are_one_clear_line_and_change_nothing,
     a_database_from_a_newer_version_is_refused,
     first_serve_prints_the_owner_key_once_and_stores_only_its_hash,
+    org_quota_is_set_listed_cleared_and_audited,
 );
 
 async fn accounts_can_be_administered_end_to_end(db: TestDb) {
@@ -347,6 +348,93 @@ async fn a_database_from_a_newer_version_is_refused(db: TestDb) {
     assert!(out.stderr.contains("newer version"), "{}", out.stderr);
     let out = cli(&db, &["org", "list"], None).await.failed();
     assert!(out.stderr.contains("9999"), "{}", out.stderr);
+}
+
+async fn org_quota_is_set_listed_cleared_and_audited(db: TestDb) {
+    cli(&db, &["org", "create", "acme"], None).await.ok();
+    cli(&db, &["org", "create", "beta"], None).await.ok();
+    let orgs = cli(&db, &["--json", "org", "list"], None).await.ok().json();
+    assert!(orgs[0]["daily_tool_call_quota"].is_null(), "{orgs}");
+
+    let out = cli(&db, &["org", "quota", "acme", "1000"], None).await.ok();
+    assert!(out.stdout.contains("1000"), "{}", out.stdout);
+    let set = cli(&db, &["--json", "org", "quota", "beta", "25"], None)
+        .await
+        .ok()
+        .json();
+    assert_eq!(set["slug"], "beta");
+    assert_eq!(set["daily_tool_call_quota"], 25);
+
+    let orgs = cli(&db, &["--json", "org", "list"], None).await.ok().json();
+    assert_eq!(orgs[0]["daily_tool_call_quota"], 1000);
+    assert_eq!(orgs[1]["daily_tool_call_quota"], 25);
+    let human = cli(&db, &["org", "list"], None).await.ok().stdout;
+    assert!(
+        human.lines().next().unwrap().contains("DAILY QUOTA"),
+        "{human}"
+    );
+    assert!(
+        human
+            .lines()
+            .any(|l| l.starts_with("acme") && l.contains("1000")),
+        "{human}"
+    );
+
+    cli(&db, &["org", "quota", "acme", "none"], None).await.ok();
+    let orgs = cli(&db, &["--json", "org", "list"], None).await.ok().json();
+    assert!(orgs[0]["daily_tool_call_quota"].is_null(), "{orgs}");
+    assert_eq!(orgs[1]["daily_tool_call_quota"], 25);
+    let human = cli(&db, &["org", "list"], None).await.ok().stdout;
+    assert!(
+        human
+            .lines()
+            .any(|l| l.starts_with("acme") && l.contains("unlimited")),
+        "{human}"
+    );
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["org", "quota", "acme", "0"], "positive"),
+        (&["org", "quota", "acme", "-5"], "positive"),
+        (&["org", "quota", "acme", "lots"], "positive"),
+        (&["org", "quota", "acme", "1.5"], "positive"),
+        (
+            &["org", "quota", "acme", "99999999999999999999"],
+            "positive",
+        ),
+        (&["org", "quota", "nope", "10"], "no organization"),
+        (&["org", "quota", "Not A Slug", "10"], "slug"),
+    ];
+    for (args, needle) in cases {
+        let out = cli(&db, args, None).await.failed();
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {}",
+            out.stderr
+        );
+    }
+    let orgs = cli(&db, &["--json", "org", "list"], None).await.ok().json();
+    assert!(
+        orgs[0]["daily_tool_call_quota"].is_null(),
+        "refusals change nothing"
+    );
+    assert_eq!(orgs[1]["daily_tool_call_quota"], 25);
+
+    let audit = cli(
+        &db,
+        &["--json", "audit", "list", "--action", "org.set_quota"],
+        None,
+    )
+    .await
+    .ok()
+    .json();
+    let audit = audit.as_array().unwrap();
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert!(audit.iter().all(|e| e["actor"] == "cli"));
+    assert_eq!(audit[0]["target"], "org:acme");
+    assert_eq!(audit[0]["detail"], r#"{"daily_tool_call_quota":null}"#);
+    assert_eq!(audit[2]["detail"], r#"{"daily_tool_call_quota":1000}"#);
 }
 
 /// Starts `gatehouse serve` on a free port; returns the child, its stdout so far
