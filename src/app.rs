@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::mcp::tools::Registry;
 use crate::routes;
 use crate::state::AppState;
 use crate::storage::{StorageError, Store};
@@ -86,6 +87,13 @@ impl App {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Serves these tools, prompts and resources at `/mcp` instead of the built-in set
+    /// (start from [`Registry::builtin`] to keep the account tools).
+    pub fn with_registry(mut self, registry: Registry) -> Self {
+        self.state.tools = Arc::new(registry);
+        self
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.

@@ -56,7 +56,32 @@ struct RawConfig {
     tokens: RawTokens,
     bootstrap: RawBootstrap,
     oauth: RawOAuth,
+    mcp: RawMcp,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMcp {
+    allowed_origins: String,
+    allowed_hosts: String,
+    anonymous_scopes: String,
+    #[serde(deserialize_with = "lenient")]
+    page_size: u64,
+    #[serde(deserialize_with = "lenient")]
+    flush_interval_ms: u64,
+}
+
+impl Default for RawMcp {
+    fn default() -> Self {
+        Self {
+            allowed_origins: "https://claude.ai https://claude.com".into(),
+            allowed_hosts: String::new(),
+            anonymous_scopes: String::new(),
+            page_size: 100,
+            flush_interval_ms: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,7 +246,24 @@ pub struct Config {
     pub tokens: TokenConfig,
     pub bootstrap: BootstrapConfig,
     pub oauth: OAuthConfig,
+    pub mcp: McpConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// Browser origins allowed to call `/mcp` (besides our own); any other `Origin` is
+    /// refused with 403 (DNS-rebinding guard). Requests without `Origin` are allowed.
+    pub allowed_origins: Vec<String>,
+    /// Extra `Host` names `/mcp` answers to, besides the public URL's host (and the
+    /// loopback names when the public URL is on loopback).
+    pub allowed_hosts: Vec<String>,
+    /// When set, requests without a token act with these scopes. Off by default.
+    pub anonymous_scopes: Option<crate::domain::ScopeSet>,
+    /// Items per page of `tools/list` and the other lists.
+    pub page_size: usize,
+    /// How often metering, last-used times and audit rows are written.
+    pub flush_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -478,6 +520,58 @@ impl Config {
             ));
         }
 
+        let origin_list = |key: &str, raw: &str| -> Result<Vec<String>, ConfigError> {
+            let mut out = Vec::new();
+            for origin in raw.split([' ', ',']).filter(|s| !s.is_empty()) {
+                let url = url::Url::parse(origin)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/")
+                    .ok_or_else(|| {
+                        o.error(
+                            key,
+                            format!("{origin:?} is not an origin like https://claude.ai"),
+                        )
+                    })?;
+                out.push(url.origin().ascii_serialization());
+            }
+            Ok(out)
+        };
+        let allowed_origins = origin_list("mcp.allowed_origins", &raw.mcp.allowed_origins)?;
+        let mut allowed_hosts = Vec::new();
+        for host in raw
+            .mcp
+            .allowed_hosts
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+        {
+            let ok = host.len() <= 253
+                && host.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':')
+                });
+            if !ok {
+                return Err(o.error(
+                    "mcp.allowed_hosts",
+                    format!("{host:?} is not a host name like mcp.example.com"),
+                ));
+            }
+            allowed_hosts.push(host.to_ascii_lowercase());
+        }
+        let anonymous_scopes = if raw.mcp.anonymous_scopes.trim().is_empty() {
+            None
+        } else {
+            let set = crate::domain::ScopeSet::parse(&raw.mcp.anonymous_scopes.replace(',', " "))
+                .map_err(|e| o.error("mcp.anonymous_scopes", e))?;
+            Some(set)
+        };
+        let page_size = usize::try_from(raw.mcp.page_size)
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| o.error("mcp.page_size", "must be between 1 and 1000"))?;
+        let flush_interval_ms = raw.mcp.flush_interval_ms;
+        if !(10..=60_000).contains(&flush_interval_ms) {
+            return Err(o.error("mcp.flush_interval_ms", "must be between 10 and 60000"));
+        }
+
         let format = match raw.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -524,6 +618,13 @@ impl Config {
                 cors_origins,
                 always_issue_refresh_token,
                 cimd_allow_private_addresses,
+            },
+            mcp: McpConfig {
+                allowed_origins,
+                allowed_hosts,
+                anonymous_scopes,
+                page_size,
+                flush_interval: Duration::from_millis(flush_interval_ms),
             },
             log: LogConfig {
                 format,
@@ -575,6 +676,11 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "oauth.cors_origins",
         "oauth.always_issue_refresh_token",
         "oauth.cimd_allow_private_addresses",
+        "mcp.allowed_origins",
+        "mcp.allowed_hosts",
+        "mcp.anonymous_scopes",
+        "mcp.page_size",
+        "mcp.flush_interval_ms",
         "log.format",
         "log.filter",
     ]

@@ -10,6 +10,7 @@ use crate::crypto::mac::{MacKey, random_key_b64};
 use crate::crypto::random;
 use crate::domain::ResourceUri;
 use crate::mcp::auth::TokenCache;
+use crate::mcp::guard::OriginGuard;
 use crate::mcp::tools::Registry;
 use crate::storage::{ClientRow, StorageError, Store};
 
@@ -28,8 +29,10 @@ pub struct AppState {
     pub cimd_cache: Arc<Mutex<HashMap<String, (i64, ClientRow)>>>,
     /// Bearer tokens already verified by `/mcp`.
     pub token_cache: Arc<TokenCache>,
-    /// The tools `/mcp` serves.
+    /// The tools, prompts and resources `/mcp` serves.
     pub tools: Arc<Registry>,
+    /// Host and Origin checks for `/mcp`.
+    pub mcp_guard: Arc<OriginGuard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,7 @@ impl AppState {
             .shared_secret("cookie_mac", &random_key_b64(), now)
             .await?;
         let resource = ResourceUri::for_public_url(&config.server.public_url);
+        let mcp_guard = Arc::new(OriginGuard::new(&config));
         Ok(Self {
             store,
             config: Arc::new(config),
@@ -70,6 +74,7 @@ impl AppState {
             cimd_cache: Arc::new(Mutex::new(HashMap::new())),
             token_cache: Arc::new(TokenCache::default()),
             tools: Arc::new(Registry::builtin()),
+            mcp_guard,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! re-checked against revocations at most a second after its last check.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -11,31 +11,78 @@ use axum::response::{IntoResponse, Response};
 
 use crate::crypto::jwt;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
-use crate::domain::ScopeSet;
+use crate::domain::{OrgStatus, Role, ScopeSet};
 use crate::state::AppState;
 
 const CACHE_ENTRIES: usize = 10_000;
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// An OAuth access token (a JWT we signed).
+    AccessToken,
+    /// A personal access token.
+    Pat,
+    /// No token: the operator enabled anonymous access with a fixed scope set.
+    Anonymous,
+}
+
+/// The caller's organization as last checked (at most a second ago).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    pub status: OrgStatus,
+    /// `None` for anonymous callers and former members.
+    pub role: Option<Role>,
+    /// Tool calls per day for the whole organization; `None` is unlimited.
+    pub daily_quota: Option<i64>,
+}
+
 /// Who is calling, and with what rights.
 #[derive(Debug, Clone)]
 pub struct Principal {
+    pub kind: CredentialKind,
     pub user_id: String,
     pub org_id: String,
     pub scopes: ScopeSet,
-    /// The OAuth client, for access tokens; `None` for a personal access token.
+    /// The OAuth client, for access tokens; `None` otherwise.
     pub client_id: Option<String>,
     pub expires_at: Option<i64>,
+    pub standing: Standing,
+    /// The digest that identifies the credential (PAT hash or access-token jti hash),
+    /// for last-used bookkeeping; empty for anonymous callers.
+    pub credential: String,
+}
+
+impl Principal {
+    /// The caller of an endpoint with anonymous access enabled.
+    pub fn anonymous(scopes: ScopeSet) -> Self {
+        Self {
+            kind: CredentialKind::Anonymous,
+            user_id: "anonymous".into(),
+            org_id: String::new(),
+            scopes,
+            client_id: None,
+            expires_at: None,
+            standing: Standing {
+                status: OrgStatus::Active,
+                role: None,
+                daily_quota: None,
+            },
+            credential: String::new(),
+        }
+    }
 }
 
 struct Cached {
-    principal: Principal,
+    principal: Arc<Principal>,
     /// What to look up again to see whether the token was revoked.
     revocation_key: String,
     checked: Instant,
 }
 
-/// Verified tokens by the SHA-256 of the token.
+/// Verified tokens by the SHA-256 of the token. Bounded: when full, expired entries
+/// go first, then everything (the next request per token pays one verification).
 #[derive(Default)]
 pub struct TokenCache(Mutex<HashMap<String, Cached>>);
 
@@ -65,6 +112,11 @@ fn challenge(state: &AppState, extra: &str) -> HeaderValue {
 
 impl BearerError {
     pub fn into_response(self, state: &AppState) -> Response {
+        self.respond(state, serde_json::Value::Null)
+    }
+
+    /// The HTTP answer, with `id` (the JSON-RPC request's, when known) in the body.
+    pub fn respond(self, state: &AppState, id: serde_json::Value) -> Response {
         let (status, header_value, message) = match self {
             Self::Missing => (
                 StatusCode::UNAUTHORIZED,
@@ -110,7 +162,7 @@ impl BearerError {
                 return res;
             }
         };
-        let body = serde_json::json!({ "jsonrpc": "2.0", "id": null, "error": { "code": -32001, "message": message } });
+        let body = serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32001, "message": message } });
         let mut res = (status, axum::Json(body)).into_response();
         res.headers_mut()
             .insert(header::WWW_AUTHENTICATE, header_value);
@@ -141,7 +193,7 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, BearerError> {
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<Option<Principal>, BearerError> {
+) -> Result<Option<Arc<Principal>>, BearerError> {
     let Some(token) = bearer(headers)? else {
         return Ok(None);
     };
@@ -164,32 +216,34 @@ pub async fn authenticate(
         if fresh {
             return Ok(Some(principal));
         }
-        return match still_valid(state, &revocation_key, &principal.org_id, now).await {
-            Ok(true) => {
+        let rechecked = recheck(state, &revocation_key, &principal, now).await;
+        return match rechecked {
+            Ok(principal) => {
                 if let Ok(mut c) = state.token_cache.0.lock()
                     && let Some(e) = c.get_mut(&digest)
                 {
                     e.checked = Instant::now();
+                    e.principal = principal.clone();
                 }
                 Ok(Some(principal))
             }
-            Ok(false) => {
-                forget(state, &digest);
-                Err(BearerError::Invalid("token revoked"))
-            }
             Err(e) => {
-                if matches!(e, BearerError::Suspended) {
+                if !matches!(e, BearerError::Unavailable) {
                     forget(state, &digest);
                 }
                 Err(e)
             }
         };
     }
-    let (principal, revocation_key) = verify(state, token, now).await?;
-    check_org(state, &principal.org_id).await?;
+    let (mut principal, revocation_key) = verify(state, token, now).await?;
+    principal.standing = standing(state, &principal.org_id, &principal.user_id).await?;
+    let principal = Arc::new(principal);
     if let Ok(mut c) = state.token_cache.0.lock() {
         if c.len() >= CACHE_ENTRIES {
-            c.clear();
+            c.retain(|_, e| e.principal.expires_at.is_none_or(|exp| exp > now));
+            if c.len() >= CACHE_ENTRIES {
+                c.clear();
+            }
         }
         c.insert(
             digest,
@@ -209,37 +263,68 @@ fn forget(state: &AppState, digest: &str) {
     }
 }
 
-async fn check_org(state: &AppState, org_id: &str) -> Result<(), BearerError> {
-    match state.store.find_org(org_id).await {
-        Ok(Some(org)) if org.status == "suspended" => Err(BearerError::Suspended),
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(BearerError::Invalid("organization no longer exists")),
-        Err(_) => Err(BearerError::Unavailable),
+/// The caller's organization status, role and quota; a suspended organization and a
+/// vanished one end here.
+async fn standing(state: &AppState, org_id: &str, user_id: &str) -> Result<Standing, BearerError> {
+    let row = state
+        .store
+        .find_standing(org_id, user_id)
+        .await
+        .map_err(|_| BearerError::Unavailable)?
+        .ok_or(BearerError::Invalid("organization no longer exists"))?;
+    let status: OrgStatus = row.status.parse().unwrap_or(OrgStatus::Suspended);
+    if status == OrgStatus::Suspended {
+        return Err(BearerError::Suspended);
     }
+    let role = row.role.as_deref().and_then(|r| r.parse::<Role>().ok());
+    if role.is_none() {
+        return Err(BearerError::Invalid(
+            "no longer a member of this organization",
+        ));
+    }
+    Ok(Standing {
+        status,
+        role,
+        daily_quota: row.daily_tool_call_quota,
+    })
 }
 
-/// `revocation_key` is `jti:<digest>` or `pat:<digest>`.
-async fn still_valid(
+/// Re-reads revocation and standing for a cached token. `revocation_key` is
+/// `jti:<digest>` or `pat:<digest>`.
+async fn recheck(
     state: &AppState,
     key: &str,
-    org_id: &str,
+    principal: &Arc<Principal>,
     now: i64,
-) -> Result<bool, BearerError> {
-    check_org(state, org_id).await?;
-    let result = match key.split_once(':') {
+) -> Result<Arc<Principal>, BearerError> {
+    let live = match key.split_once(':') {
         Some(("jti", d)) => state.store.is_access_token_revoked(d).await.map(|r| !r),
-        Some(("pat", d)) => {
-            let hash = HashedToken::from_digest(d);
-            state
-                .store
-                .find_pat_by_hash(&hash, now)
-                .await
-                .map(|p| p.is_some())
-        }
+        Some(("pat", d)) => state
+            .store
+            .find_pat_by_hash(&HashedToken::from_digest(d), now)
+            .await
+            .map(|p| p.is_some()),
         _ => Ok(false),
-    };
-    result.map_err(|_| BearerError::Unavailable)
+    }
+    .map_err(|_| BearerError::Unavailable)?;
+    if !live {
+        return Err(BearerError::Invalid("token revoked"));
+    }
+    let standing = standing(state, &principal.org_id, &principal.user_id).await?;
+    if standing == principal.standing {
+        return Ok(principal.clone());
+    }
+    let mut updated = (**principal).clone();
+    updated.standing = standing;
+    Ok(Arc::new(updated))
 }
+
+/// Placeholder standing until the database has been asked.
+const UNCHECKED: Standing = Standing {
+    status: OrgStatus::Active,
+    role: None,
+    daily_quota: None,
+};
 
 async fn verify(
     state: &AppState,
@@ -257,11 +342,14 @@ async fn verify(
             .map_err(|_| BearerError::Unavailable)?
             .ok_or(BearerError::Invalid("unknown, expired or revoked token"))?;
         let principal = Principal {
+            kind: CredentialKind::Pat,
             user_id: pat.user_id,
             org_id: pat.org_id,
             scopes: ScopeSet::parse(&pat.scopes).unwrap_or_default(),
             client_id: None,
             expires_at: pat.expires_at,
+            standing: UNCHECKED,
+            credential: hash.as_str().to_owned(),
         };
         return Ok((principal, format!("pat:{}", hash.as_str())));
     }
@@ -287,11 +375,14 @@ async fn verify(
         return Err(BearerError::Invalid("token revoked"));
     }
     let principal = Principal {
+        kind: CredentialKind::AccessToken,
         user_id: claims.sub,
         org_id: claims.org,
         scopes: ScopeSet::parse(&claims.scope).unwrap_or_default(),
         client_id: Some(claims.client_id),
         expires_at: Some(claims.exp),
+        standing: UNCHECKED,
+        credential: jti.as_str().to_owned(),
     };
     Ok((principal, format!("jti:{}", jti.as_str())))
 }

@@ -2,7 +2,11 @@
 //! http and state; never oauth.
 
 pub mod auth;
+mod calls;
+mod dispatch;
+pub mod guard;
 mod metadata;
+pub mod rpc;
 mod server;
 pub mod tools;
 

@@ -1,198 +1,445 @@
-//! `POST /mcp`: stateless Streamable HTTP, JSON responses, legacy-era (`initialize`)
-//! JSON-RPC. Every request is authenticated on its own.
+//! `POST /mcp`: stateless Streamable HTTP for every revision from 2024-11-05 to
+//! 2026-07-28. Each request stands alone: it is authenticated, its revision is decided
+//! from the request itself (MCP.md section 4's routing rule), and it is answered with
+//! JSON, or with an SSE stream when a tool sends notifications while it runs.
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use base64::Engine;
+use serde_json::{Map, Value, json};
 
-use super::auth::{BearerError, authenticate};
+use super::auth::{BearerError, Principal, authenticate};
+use super::dispatch::{self, Reply, Request};
+use super::rpc::{self, DEFAULT_VERSION, Era, INVALID_REQUEST, PARSE_ERROR, RpcError};
 use crate::state::AppState;
 
-/// Newest first; the first is answered to a client asking for one we do not know.
-pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
-
-fn rpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
-    (
-        status,
-        axum::Json(
-            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } }),
-        ),
-    )
-        .into_response()
-}
-
-fn rpc_result(id: Value, result: Value) -> Response {
-    axum::Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })).into_response()
-}
-
-/// DNS-rebinding guard: a browser `Origin` must be one we know.
-fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true; // server-to-server clients (Claude's cloud) send none
-    };
-    let own = url::Url::parse(&state.config.server.public_url)
-        .map(|u| u.origin().ascii_serialization())
-        .unwrap_or_default();
-    origin == own || state.config.oauth.cors_origins.iter().any(|o| o == origin)
-}
-
 pub async fn get_or_delete_mcp() -> Response {
-    let mut res = rpc_error(
+    let mut res = RpcError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        Value::Null,
         -32000,
         "this endpoint is stateless: POST only",
-    );
+    )
+    .into_response(Value::Null);
     res.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST"));
     res
 }
 
 pub async fn post_mcp(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if !origin_allowed(&state, &headers) {
-        return rpc_error(
-            StatusCode::FORBIDDEN,
-            Value::Null,
-            -32000,
-            "origin not allowed",
-        );
-    }
-    if let Some(v) = headers.get("mcp-protocol-version") {
-        let ok = v
-            .to_str()
-            .is_ok_and(|v| SUPPORTED_VERSIONS.contains(&v.trim()));
-        if !ok {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                Value::Null,
-                -32600,
-                "unsupported MCP-Protocol-Version",
-            );
-        }
+    if let Err(why) = state.mcp_guard.check(&headers) {
+        return RpcError::new(StatusCode::FORBIDDEN, -32000, why).into_response(Value::Null);
     }
     let principal = match authenticate(&state, &headers).await {
         Ok(Some(p)) => p,
-        Ok(None) => return BearerError::Missing.into_response(&state),
+        Ok(None) => match &state.config.mcp.anonymous_scopes {
+            Some(scopes) => Arc::new(Principal::anonymous(scopes.clone())),
+            None => return BearerError::Missing.into_response(&state),
+        },
         Err(e) => return e.into_response(&state),
     };
     let message: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
-            return rpc_error(
+            return RpcError::new(
                 StatusCode::BAD_REQUEST,
-                Value::Null,
-                -32700,
+                PARSE_ERROR,
                 "parse error: the body is not JSON",
-            );
+            )
+            .into_response(Value::Null);
         }
     };
-    let Value::Object(obj) = &message else {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            Value::Null,
-            -32600,
-            "invalid request: expected one JSON-RPC object (batches are not supported)",
-        );
+    let header_version = match headers.get("mcp-protocol-version").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v.trim()),
+        Some(Err(_)) => return RpcError::unsupported_version("").into_response(Value::Null),
     };
-    let id = obj.get("id").cloned();
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            id.unwrap_or(Value::Null),
-            -32600,
-            "invalid request: jsonrpc must be \"2.0\"",
-        );
+    match message {
+        Value::Array(batch) => {
+            handle_batch(&state, &principal, &headers, header_version, batch).await
+        }
+        Value::Object(obj) => {
+            handle_single(&state, &principal, &headers, header_version, obj).await
+        }
+        _ => invalid_request(Value::Null, "invalid request: expected a JSON-RPC object"),
     }
-    let Some(method) = obj.get("method").and_then(Value::as_str) else {
-        // A response from the client: nothing to do.
+}
+
+fn invalid_request(id: Value, message: &str) -> Response {
+    RpcError::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, message).into_response(id)
+}
+
+/// A message's parts once its envelope checks out.
+enum Message {
+    Request {
+        id: Value,
+        method: String,
+        params: Map<String, Value>,
+    },
+    Notification,
+    /// A response from the client; stateless, we have nothing waiting for it.
+    ClientResponse,
+}
+
+fn parse_envelope(obj: &Map<String, Value>) -> Result<Message, (Value, RpcError)> {
+    let raw_id = obj.get("id").cloned();
+    let echo_id = raw_id
+        .clone()
+        .filter(|i| i.is_string() || i.is_number())
+        .unwrap_or(Value::Null);
+    let bad = |m: &str| {
+        (
+            echo_id.clone(),
+            RpcError::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, m),
+        )
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(bad("invalid request: jsonrpc must be \"2.0\""));
+    }
+    let Some(method) = obj.get("method") else {
         if obj.contains_key("result") || obj.contains_key("error") {
+            return Ok(Message::ClientResponse);
+        }
+        return Err(bad("invalid request: method is missing"));
+    };
+    let Some(method) = method.as_str() else {
+        return Err(bad("invalid request: method must be a string"));
+    };
+    let params = match obj.get("params") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(bad("invalid request: params must be an object")),
+    };
+    let Some(id) = raw_id else {
+        return Ok(Message::Notification);
+    };
+    if !(id.is_string() || id.is_i64() || id.is_u64()) {
+        return Err(bad("invalid request: id must be a string or an integer"));
+    }
+    Ok(Message::Request {
+        id,
+        method: method.to_owned(),
+        params,
+    })
+}
+
+/// The routing rule: `initialize` with a `protocolVersion` is the legacy handshake;
+/// a request with `_meta` protocol version (or the 2026-07-28 header) is modern;
+/// anything else is legacy at the header's version (2025-03-26 when absent).
+fn classify(
+    method: &str,
+    params: &Map<String, Value>,
+    header_version: Option<&str>,
+) -> Result<Era, RpcError> {
+    if method == "initialize" && params.contains_key("protocolVersion") {
+        return Ok(Era::Legacy(rpc::LEGACY_VERSIONS[0]));
+    }
+    let meta_version = params.get("_meta").and_then(|m| m.get(rpc::META_VERSION));
+    let header_era = header_version.map(|v| rpc::known_version(v).ok_or(v));
+    match (meta_version, header_era) {
+        (Some(_), _) | (None, Some(Ok(Era::Modern(_)))) => Ok(Era::Modern(rpc::MODERN_VERSIONS[0])),
+        (None, Some(Ok(era))) => Ok(era),
+        (None, Some(Err(v))) => Err(RpcError::unsupported_version(v)),
+        (None, None) => Ok(Era::Legacy(DEFAULT_VERSION)),
+    }
+}
+
+/// 2026-07-28 per-request checks: `_meta` fields, then headers against the body.
+fn check_modern(
+    headers: &HeaderMap,
+    header_version: Option<&str>,
+    method: &str,
+    params: &Map<String, Value>,
+) -> Result<Era, RpcError> {
+    let meta = params.get("_meta").and_then(Value::as_object);
+    let Some(version) = meta.and_then(|m| m.get(rpc::META_VERSION)) else {
+        return Err(RpcError::new(
+            StatusCode::BAD_REQUEST,
+            rpc::INVALID_PARAMS,
+            format!(
+                "invalid params: _meta[\"{}\"] is required",
+                rpc::META_VERSION
+            ),
+        ));
+    };
+    let Some(version) = version.as_str() else {
+        return Err(RpcError::new(
+            StatusCode::BAD_REQUEST,
+            rpc::INVALID_PARAMS,
+            format!(
+                "invalid params: _meta[\"{}\"] must be a string",
+                rpc::META_VERSION
+            ),
+        ));
+    };
+    let era = match rpc::known_version(version) {
+        Some(era @ Era::Modern(_)) => era,
+        _ => return Err(RpcError::unsupported_version(version)),
+    };
+    if !meta
+        .and_then(|m| m.get(rpc::META_CAPABILITIES))
+        .is_some_and(Value::is_object)
+    {
+        return Err(RpcError::new(
+            StatusCode::BAD_REQUEST,
+            rpc::INVALID_PARAMS,
+            format!(
+                "invalid params: _meta[\"{}\"] is required (an object)",
+                rpc::META_CAPABILITIES
+            ),
+        ));
+    }
+    match header_version {
+        None => {
+            return Err(RpcError::header_mismatch(
+                "the MCP-Protocol-Version header is required",
+            ));
+        }
+        Some(h) if h != version => {
+            return Err(RpcError::header_mismatch(format!(
+                "MCP-Protocol-Version header {:?} does not match _meta protocol version {:?}",
+                rpc::clip(h),
+                rpc::clip(version)
+            )));
+        }
+        Some(_) => {}
+    }
+    match header_text(headers, "mcp-method") {
+        None => {
+            return Err(RpcError::header_mismatch(
+                "the Mcp-Method header is required",
+            ));
+        }
+        Some(m) if m != method => {
+            return Err(RpcError::header_mismatch(format!(
+                "Mcp-Method header {:?} does not match the body's method {:?}",
+                rpc::clip(&m),
+                rpc::clip(method)
+            )));
+        }
+        Some(_) => {}
+    }
+    let name_field = match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    };
+    if let Some(field) = name_field {
+        let body_name = params.get(field).and_then(Value::as_str);
+        match (header_text(headers, "mcp-name"), body_name) {
+            (None, _) => return Err(RpcError::header_mismatch("the Mcp-Name header is required")),
+            (Some(h), Some(b)) if h == b => {}
+            (Some(h), _) => {
+                return Err(RpcError::header_mismatch(format!(
+                    "Mcp-Name header {:?} does not match the body's {field}",
+                    rpc::clip(&h)
+                )));
+            }
+        }
+    }
+    Ok(era)
+}
+
+/// A header value, trimmed, with the `=?base64?…?=` form decoded.
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    let raw = headers.get(name)?.to_str().ok()?.trim();
+    if let Some(inner) = raw
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(inner)
+            .ok()?;
+        return String::from_utf8(bytes).ok();
+    }
+    Some(raw.to_owned())
+}
+
+async fn handle_single(
+    state: &AppState,
+    principal: &Arc<Principal>,
+    headers: &HeaderMap,
+    header_version: Option<&str>,
+    obj: Map<String, Value>,
+) -> Response {
+    let (id, method, params) = match parse_envelope(&obj) {
+        Ok(Message::Request { id, method, params }) => (id, method, params),
+        Ok(Message::Notification | Message::ClientResponse) => {
             return StatusCode::ACCEPTED.into_response();
         }
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            id.unwrap_or(Value::Null),
-            -32600,
-            "invalid request: method is missing",
-        );
+        Err((id, e)) => return e.into_response(id),
     };
-    let Some(id) = id else {
-        return StatusCode::ACCEPTED.into_response(); // a notification
+    let era = match classify(&method, &params, header_version) {
+        Ok(era) => era,
+        Err(e) => return e.into_response(id),
     };
-    if id.is_null() || !(id.is_string() || id.is_number()) {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
+    let era = if era.is_modern() {
+        match check_modern(headers, header_version, &method, &params) {
+            Ok(era) => era,
+            Err(e) => return e.into_response(id),
+        }
+    } else {
+        era
+    };
+    let req = Request {
+        state,
+        principal,
+        era,
+        headers,
+        may_stream: true,
+        id: id.clone(),
+        params,
+    };
+    match dispatch::handle(req, &method).await {
+        Reply::Result(mut result) => {
+            dispatch::decorate(era, &mut result);
+            rpc::json_response(StatusCode::OK, &rpc::result_message(id, result))
+        }
+        Reply::Error(e) => e.into_response(id),
+        Reply::Refused { response, .. } | Reply::Response(response) => response,
+    }
+}
+
+/// 2025-03-26 allows batches; later revisions do not.
+async fn handle_batch(
+    state: &AppState,
+    principal: &Arc<Principal>,
+    headers: &HeaderMap,
+    header_version: Option<&str>,
+    batch: Vec<Value>,
+) -> Response {
+    let version = header_version.unwrap_or(DEFAULT_VERSION);
+    if version != "2025-03-26" && version != "2024-11-05" {
+        return invalid_request(
             Value::Null,
-            -32600,
-            "invalid request: id must be a string or number",
+            "invalid request: batches are only allowed in protocol revision 2025-03-26",
         );
     }
-    let params = obj.get("params").cloned().unwrap_or(Value::Null);
-    match method {
-        "initialize" => {
-            let requested = params
-                .get("protocolVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let version = if SUPPORTED_VERSIONS.contains(&requested) {
-                requested
-            } else {
-                SUPPORTED_VERSIONS[0]
-            };
-            rpc_result(
-                id,
-                json!({
-                    "protocolVersion": version,
-                    "capabilities": { "tools": {} },
-                    "serverInfo": { "name": "gatehouse", "title": "Gatehouse", "version": env!("CARGO_PKG_VERSION") },
-                }),
-            )
-        }
-        "ping" => rpc_result(id, json!({})),
-        "tools/list" => {
-            let tools: Vec<Value> = state.tools.list().map(|t| t.definition()).collect();
-            rpc_result(id, json!({ "tools": tools }))
-        }
-        "tools/call" => {
-            let Some(name) = params.get("name").and_then(Value::as_str) else {
-                return rpc_error(
+    if batch.is_empty() {
+        return invalid_request(Value::Null, "invalid request: empty batch");
+    }
+    if batch.len() > 100 {
+        return invalid_request(
+            Value::Null,
+            "invalid request: at most 100 messages per batch",
+        );
+    }
+    let era = Era::Legacy(if version == "2024-11-05" {
+        "2024-11-05"
+    } else {
+        "2025-03-26"
+    });
+    let mut replies = Vec::new();
+    for item in batch {
+        let Value::Object(obj) = item else {
+            replies.push(
+                RpcError::new(
                     StatusCode::OK,
-                    id,
-                    -32602,
-                    "invalid params: name is required",
-                );
-            };
-            let Some(tool) = state.tools.find(name) else {
-                return rpc_error(StatusCode::OK, id, -32602, &format!("unknown tool: {name}"));
-            };
-            let missing = tool.missing_scopes(&principal.scopes);
-            if !missing.is_empty() {
-                return BearerError::InsufficientScope(missing).into_response(&state);
+                    INVALID_REQUEST,
+                    "invalid request: expected an object",
+                )
+                .to_message(Value::Null),
+            );
+            continue;
+        };
+        let (id, method, params) = match parse_envelope(&obj) {
+            Ok(Message::Request { id, method, params }) => (id, method, params),
+            Ok(_) => continue,
+            Err((id, e)) => {
+                replies.push(e.to_message(id));
+                continue;
             }
-            let args = params
-                .get("arguments")
-                .cloned()
-                .unwrap_or_else(|| json!({}));
-            if !args.is_object() {
-                return rpc_error(
+        };
+        if method == "initialize" {
+            replies.push(
+                RpcError::new(
                     StatusCode::OK,
-                    id,
-                    -32602,
-                    "invalid params: arguments must be an object",
-                );
-            }
-            let result = tool.call(&state, &principal, args).await;
-            rpc_result(id, result.to_json())
+                    INVALID_REQUEST,
+                    "invalid request: initialize must not be batched",
+                )
+                .to_message(id),
+            );
+            continue;
         }
-        other => rpc_error(
-            StatusCode::OK,
-            id,
-            -32601,
-            &format!(
-                "method not found: {}",
-                other.chars().take(80).collect::<String>()
-            ),
-        ),
+        let req = Request {
+            state,
+            principal,
+            era,
+            headers,
+            may_stream: false,
+            id: id.clone(),
+            params,
+        };
+        let reply = match dispatch::handle(req, &method).await {
+            Reply::Result(result) => rpc::result_message(id, result),
+            Reply::Error(e) | Reply::Refused { error: e, .. } => e.to_message(id),
+            Reply::Response(response) => {
+                // Tool calls answer with a finished response; unwrap its JSON body.
+                match axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024).await {
+                    Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                        RpcError::new(StatusCode::OK, rpc::INTERNAL_ERROR, "internal error")
+                            .to_message(id)
+                    }),
+                    Err(_) => RpcError::new(StatusCode::OK, rpc::INTERNAL_ERROR, "internal error")
+                        .to_message(id),
+                }
+            }
+        };
+        replies.push(reply);
+    }
+    if replies.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    rpc::json_response(StatusCode::OK, &json!(replies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn routing_rule_picks_the_era() {
+        let init = params(json!({ "protocolVersion": "2025-06-18" }));
+        assert!(matches!(
+            classify("initialize", &init, Some("2026-07-28")),
+            Ok(Era::Legacy(_))
+        ));
+        let modern =
+            params(json!({ "_meta": { "io.modelcontextprotocol/protocolVersion": "2026-07-28" } }));
+        assert!(matches!(
+            classify("tools/list", &modern, None),
+            Ok(Era::Modern(_))
+        ));
+        assert!(matches!(
+            classify("tools/list", &Map::new(), Some("2026-07-28")),
+            Ok(Era::Modern(_))
+        ));
+        assert_eq!(
+            classify("tools/list", &Map::new(), None).unwrap(),
+            Era::Legacy("2025-03-26")
+        );
+        assert_eq!(
+            classify("tools/list", &Map::new(), Some("2025-06-18")).unwrap(),
+            Era::Legacy("2025-06-18")
+        );
+        let e = classify("tools/list", &Map::new(), Some("1999-01-01")).unwrap_err();
+        assert_eq!(e.code, rpc::UNSUPPORTED_VERSION);
+        assert_eq!(e.data.unwrap()["requested"], "1999-01-01");
+    }
+
+    #[test]
+    fn base64_header_values_are_decoded() {
+        let mut h = HeaderMap::new();
+        h.insert("mcp-name", HeaderValue::from_static("=?base64?w6lsw6g=?="));
+        assert_eq!(header_text(&h, "mcp-name").unwrap(), "élè");
+        h.insert("mcp-name", HeaderValue::from_static("  plain "));
+        assert_eq!(header_text(&h, "mcp-name").unwrap(), "plain");
     }
 }

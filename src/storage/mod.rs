@@ -12,6 +12,7 @@ pub mod credentials;
 mod mcp;
 pub mod oauth;
 pub mod records;
+mod standing;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::config::DatabaseConfig;
 pub use audit::{AuditEntry, AuditFilter};
 pub use mcp::{ConnectionRow, IdempotencyBegin, UsageRecord, UsageRow};
 pub use records::*;
+pub use standing::StandingRow;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

@@ -222,10 +222,39 @@ async fn malformed_json_rpc_gets_the_right_errors(app: TestApp) {
     let res = raw("{not json").await.unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], -32700);
-    let res = raw(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)
+    // Batches: allowed in 2025-03-26 (the revision assumed without a header), not later.
+    let res = raw(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":2,"method":"no/such"}]"#)
         .await
         .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!([
+            { "jsonrpc": "2.0", "id": 1, "result": {} },
+            { "jsonrpc": "2.0", "id": 2, "error": { "code": -32601, "message": "method not found: no/such" } },
+        ])
+    );
+    let res = app
+        .client
+        .post(app.url("/mcp"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], -32600);
+    let res = raw(r#"[{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26"}}]"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap()[0]["error"]["code"],
+        -32600
+    );
+    let res = raw("[]").await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let res = raw(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#)
         .await
         .unwrap();

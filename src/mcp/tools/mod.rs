@@ -1,0 +1,804 @@
+//! What `/mcp` serves: tools, prompts and resources, behind a public API so that a Rust
+//! user can register their own next to the built-in account tools.
+//!
+//! A tool is a [`ToolSpec`] (name, schemas, annotations, the scopes and organization
+//! role it needs) plus the call itself. The [`Registry`] checks each spec once when the
+//! tool is added (name format, schema compiles) and keeps the compiled argument
+//! validator and the rendered definition, so `tools/list` and `tools/call` do no work
+//! per request beyond the call.
+
+pub mod builtin;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use super::auth::Principal;
+use crate::domain::{Role, ScopeSet};
+use crate::state::AppState;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type ToolFuture<'a> = BoxFuture<'a, ToolResult>;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("tool name {0:?} must be 1-64 characters of A-Z a-z 0-9 _ . / -")]
+    BadName(String),
+    #[error("{kind} {name:?} is registered twice")]
+    Duplicate { kind: &'static str, name: String },
+    #[error("tool {name:?}: {what} is not a usable JSON Schema: {message}")]
+    BadSchema {
+        name: String,
+        what: &'static str,
+        message: String,
+    },
+    #[error("scope {0:?} is not a valid scope token")]
+    BadScope(String),
+}
+
+/// A tool name as the conformance suite and Claude accept it: `^[A-Za-z0-9_./-]{1,64}$`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ToolName(String);
+
+impl ToolName {
+    pub fn parse(raw: &str) -> Result<Self, RegistryError> {
+        let ok = (1..=64).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(RegistryError::BadName(raw.chars().take(80).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ToolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The MCP tool annotations. Clients treat them as hints; Gatehouse also uses
+/// `read_only` (read-only organizations and quotas spare read tools) and `idempotent`
+/// (non-idempotent tools accept an `idempotency_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Annotations {
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+impl Annotations {
+    /// Reads and changes nothing.
+    pub const READ_ONLY: Self = Self {
+        read_only: true,
+        destructive: false,
+        idempotent: true,
+        open_world: false,
+    };
+    /// Creates something; calling twice creates two.
+    pub const ADDITIVE: Self = Self {
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        open_world: false,
+    };
+    /// Removes or revokes something; calling twice is harmless.
+    pub const DESTRUCTIVE: Self = Self {
+        read_only: false,
+        destructive: true,
+        idempotent: true,
+        open_world: false,
+    };
+}
+
+/// Everything about a tool except the call.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    name: ToolName,
+    title: Option<String>,
+    description: String,
+    input_schema: Value,
+    output_schema: Option<Value>,
+    annotations: Annotations,
+    scopes: ScopeSet,
+    role: Option<Role>,
+}
+
+impl ToolSpec {
+    /// A read-only tool taking no arguments and needing no scope; refine with the builders.
+    pub fn new(name: &str, description: impl Into<String>) -> Result<Self, RegistryError> {
+        Ok(Self {
+            name: ToolName::parse(name)?,
+            title: None,
+            description: description.into(),
+            input_schema: json!({ "type": "object", "properties": {}, "additionalProperties": false }),
+            output_schema: None,
+            annotations: Annotations::READ_ONLY,
+            scopes: ScopeSet::default(),
+            role: None,
+        })
+    }
+
+    pub fn title(mut self, title: impl Into<String>) -> Self {
+        self.title = Some(title.into());
+        self
+    }
+
+    /// A JSON Schema (2020-12) object describing the arguments.
+    pub fn input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = schema;
+        self
+    }
+
+    /// A JSON Schema for `structuredContent`; results are then expected to carry it.
+    pub fn output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(schema);
+        self
+    }
+
+    pub fn annotations(mut self, annotations: Annotations) -> Self {
+        self.annotations = annotations;
+        self
+    }
+
+    /// Every one of these scopes must be granted to the caller's token.
+    pub fn scopes(mut self, scopes: &[&str]) -> Result<Self, RegistryError> {
+        self.scopes = ScopeSet::parse(&scopes.join(" "))
+            .map_err(|_| RegistryError::BadScope(scopes.join(" ")))?;
+        Ok(self)
+    }
+
+    /// The caller must hold at least this role in their organization.
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = Some(role);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    pub fn annotations_ref(&self) -> &Annotations {
+        &self.annotations
+    }
+
+    pub fn required_scopes(&self) -> &ScopeSet {
+        &self.scopes
+    }
+
+    pub fn required_role(&self) -> Option<Role> {
+        self.role
+    }
+
+    /// Non-idempotent tools take an optional `idempotency_key`.
+    pub fn accepts_idempotency_key(&self) -> bool {
+        !self.annotations.read_only && !self.annotations.idempotent
+    }
+
+    /// The scopes `granted` lacks for this tool.
+    pub fn missing_scopes(&self, granted: &ScopeSet) -> ScopeSet {
+        self.scopes.difference(granted)
+    }
+
+    /// The `tools/list` entry. The published input schema includes `idempotency_key`
+    /// where the tool accepts one.
+    fn definition(&self, input_schema: &Value) -> Value {
+        let a = &self.annotations;
+        let mut def = json!({
+            "name": self.name.as_str(),
+            "description": self.description,
+            "inputSchema": input_schema,
+            "annotations": {
+                "readOnlyHint": a.read_only,
+                "destructiveHint": a.destructive,
+                "idempotentHint": a.idempotent,
+                "openWorldHint": a.open_world,
+            },
+        });
+        if let Some(title) = &self.title {
+            def["title"] = json!(title);
+            def["annotations"]["title"] = json!(title);
+        }
+        if let Some(out) = &self.output_schema {
+            def["outputSchema"] = out.clone();
+        }
+        if !self.scopes.is_empty() || self.role.is_some() {
+            let mut meta = json!({ "scopes": self.scopes.to_string() });
+            if let Some(role) = self.role {
+                meta["role"] = json!(role.as_str());
+            }
+            def["_meta"] = json!({ "dev.gatehouse/requires": meta });
+        }
+        def
+    }
+}
+
+/// One content block of a tool result or prompt message.
+pub struct Content;
+
+impl Content {
+    pub fn text(text: impl Into<String>) -> Value {
+        json!({ "type": "text", "text": text.into() })
+    }
+    pub fn image(base64_data: impl Into<String>, mime_type: &str) -> Value {
+        json!({ "type": "image", "data": base64_data.into(), "mimeType": mime_type })
+    }
+    pub fn audio(base64_data: impl Into<String>, mime_type: &str) -> Value {
+        json!({ "type": "audio", "data": base64_data.into(), "mimeType": mime_type })
+    }
+    pub fn embedded_text(uri: &str, mime_type: &str, text: impl Into<String>) -> Value {
+        json!({ "type": "resource", "resource": { "uri": uri, "mimeType": mime_type, "text": text.into() } })
+    }
+    pub fn resource_link(uri: &str, name: &str) -> Value {
+        json!({ "type": "resource_link", "uri": uri, "name": name })
+    }
+}
+
+/// A tool's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolResult {
+    /// A finished call: content for the model, optional structured content, and
+    /// whether it is an error the model may act on.
+    Complete {
+        content: Vec<Value>,
+        structured: Option<Value>,
+        is_error: bool,
+    },
+    /// The tool needs something from the client first (2026-07-28 MRTR): the client
+    /// answers `input_requests` and calls again with `inputResponses` and `request_state`.
+    InputRequired {
+        input_requests: Value,
+        request_state: Option<String>,
+    },
+}
+
+impl ToolResult {
+    /// Structured JSON, also serialized into a text block for older clients.
+    pub fn json(value: Value) -> Self {
+        Self::Complete {
+            content: vec![Content::text(value.to_string())],
+            structured: Some(value),
+            is_error: false,
+        }
+    }
+
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::content(vec![Content::text(text)])
+    }
+
+    pub fn content(content: Vec<Value>) -> Self {
+        Self::Complete {
+            content,
+            structured: None,
+            is_error: false,
+        }
+    }
+
+    /// An error result (`isError: true`) the model can read and act on.
+    pub fn error(message: impl Into<String>) -> Self {
+        Self::Complete {
+            content: vec![Content::text(message)],
+            structured: None,
+            is_error: true,
+        }
+    }
+
+    /// An error result with a machine-readable code, such as `QUOTA_EXCEEDED`.
+    pub fn coded_error(code: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self::Complete {
+            content: vec![Content::text(format!("{code}: {message}"))],
+            structured: Some(json!({ "error": { "code": code, "message": message } })),
+            is_error: true,
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self, Self::Complete { is_error: true, .. })
+    }
+
+    /// The `CallToolResult` body (without revision-specific fields).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Complete {
+                content,
+                structured,
+                is_error,
+            } => {
+                let mut out = json!({ "content": content, "isError": is_error });
+                if let Some(s) = structured {
+                    out["structuredContent"] = s.clone();
+                }
+                out
+            }
+            Self::InputRequired {
+                input_requests,
+                request_state,
+            } => {
+                let mut out =
+                    json!({ "resultType": "input_required", "inputRequests": input_requests });
+                if let Some(s) = request_state {
+                    out["requestState"] = json!(s);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// A notification sent to the client while a request runs (progress, log messages).
+/// Any notification switches the response from plain JSON to an SSE stream.
+#[derive(Clone)]
+pub(crate) struct Notifier {
+    tx: Option<mpsc::UnboundedSender<Value>>,
+    progress_token: Option<Value>,
+    /// Whether `notifications/message` may be sent (2026-07-28: only when asked for).
+    logging: bool,
+}
+
+impl Notifier {
+    pub(crate) fn new(
+        tx: Option<mpsc::UnboundedSender<Value>>,
+        progress_token: Option<Value>,
+        logging: bool,
+    ) -> Self {
+        Self {
+            tx,
+            progress_token,
+            logging,
+        }
+    }
+
+    pub(crate) fn silent() -> Self {
+        Self::new(None, None, false)
+    }
+}
+
+/// What a call receives: the application, the caller, and the request's extras.
+#[derive(Clone)]
+pub struct ToolContext {
+    pub state: AppState,
+    pub caller: Arc<Principal>,
+    notifier: Notifier,
+    request: Arc<RequestExtras>,
+}
+
+/// Per-request fields a tool may read.
+#[derive(Debug, Default)]
+pub struct RequestExtras {
+    /// The protocol revision of this request.
+    pub protocol_version: String,
+    /// The client's declared capabilities (2026-07-28: from `_meta`; legacy: unknown, `{}`).
+    pub client_capabilities: Value,
+    /// 2026-07-28 MRTR: the client's answers to an earlier `InputRequired`.
+    pub input_responses: Option<Value>,
+    /// 2026-07-28 MRTR: the opaque state from an earlier `InputRequired`.
+    pub request_state: Option<String>,
+}
+
+impl ToolContext {
+    pub(crate) fn new(
+        state: AppState,
+        caller: Arc<Principal>,
+        notifier: Notifier,
+        request: Arc<RequestExtras>,
+    ) -> Self {
+        Self {
+            state,
+            caller,
+            notifier,
+            request,
+        }
+    }
+
+    pub fn request(&self) -> &RequestExtras {
+        &self.request
+    }
+
+    /// Reports progress when the client asked for it (`_meta.progressToken`); otherwise a no-op.
+    pub fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
+        let (Some(tx), Some(token)) = (&self.notifier.tx, &self.notifier.progress_token) else {
+            return;
+        };
+        let mut params = json!({ "progressToken": token, "progress": progress });
+        if let Some(t) = total {
+            params["total"] = json!(t);
+        }
+        if let Some(m) = message {
+            params["message"] = json!(m);
+        }
+        let _ = tx.send(
+            json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": params }),
+        );
+    }
+
+    /// Sends a `notifications/message` log entry when the revision and request allow it.
+    pub fn log(&self, level: &str, data: Value) {
+        let Some(tx) = &self.notifier.tx else { return };
+        if !self.notifier.logging {
+            return;
+        }
+        let _ = tx.send(json!({ "jsonrpc": "2.0", "method": "notifications/message", "params": { "level": level, "logger": "gatehouse", "data": data } }));
+    }
+}
+
+pub trait Tool: Send + Sync {
+    fn spec(&self) -> &ToolSpec;
+    /// Runs the call. `args` has already been validated against the input schema
+    /// (and stripped of `idempotency_key`).
+    fn call(&self, ctx: ToolContext, args: Map<String, Value>) -> ToolFuture<'_>;
+}
+
+/// A tool made of a spec and an async function.
+pub struct FnTool<F> {
+    spec: ToolSpec,
+    f: F,
+}
+
+impl<F, Fut> Tool for FnTool<F>
+where
+    F: Fn(ToolContext, Map<String, Value>) -> Fut + Send + Sync,
+    Fut: Future<Output = ToolResult> + Send + 'static,
+{
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+    fn call(&self, ctx: ToolContext, args: Map<String, Value>) -> ToolFuture<'_> {
+        Box::pin((self.f)(ctx, args))
+    }
+}
+
+pub fn tool_fn<F, Fut>(spec: ToolSpec, f: F) -> FnTool<F>
+where
+    F: Fn(ToolContext, Map<String, Value>) -> Fut + Send + Sync,
+    Fut: Future<Output = ToolResult> + Send + 'static,
+{
+    FnTool { spec, f }
+}
+
+/// A prompt template (`prompts/list`, `prompts/get`).
+pub struct PromptSpec {
+    pub name: String,
+    pub title: Option<String>,
+    pub description: String,
+    /// `(name, description, required)`.
+    pub arguments: Vec<(String, String, bool)>,
+}
+
+/// Returns the `GetPromptResult` body (`description?`, `messages`), or an error message
+/// for invalid arguments.
+pub type PromptFn = Arc<
+    dyn Fn(ToolContext, Map<String, Value>) -> BoxFuture<'static, Result<Value, String>>
+        + Send
+        + Sync,
+>;
+/// Offers completions for one argument of a prompt: `(argument, partial value) -> values`.
+pub type CompleteFn = Arc<dyn Fn(&str, &str) -> Vec<String> + Send + Sync>;
+
+pub struct Prompt {
+    pub spec: PromptSpec,
+    pub get: PromptFn,
+    pub complete: Option<CompleteFn>,
+}
+
+/// A fixed resource (`resources/list`, `resources/read`).
+pub struct ResourceSpec {
+    pub uri: String,
+    pub name: String,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub mime_type: Option<String>,
+}
+
+/// Returns the `contents` array of a read.
+pub type ReadFn = Arc<
+    dyn Fn(ToolContext, String) -> BoxFuture<'static, Result<Vec<Value>, String>> + Send + Sync,
+>;
+
+pub struct Resource {
+    pub spec: ResourceSpec,
+    pub read: ReadFn,
+}
+
+/// A URI template such as `test://template/{id}/data` (RFC 6570 level 1 only:
+/// each `{var}` matches one or more characters other than `/`).
+pub struct ResourceTemplate {
+    pub uri_template: String,
+    pub name: String,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub mime_type: Option<String>,
+    pub read: ReadFn,
+}
+
+impl ResourceTemplate {
+    fn matches(&self, uri: &str) -> bool {
+        let mut rest = uri;
+        let mut parts = self.uri_template.split('{');
+        let Some(head) = parts.next() else {
+            return false;
+        };
+        let Some(r) = rest.strip_prefix(head) else {
+            return false;
+        };
+        rest = r;
+        for part in parts {
+            let Some((_, literal)) = part.split_once('}') else {
+                return false;
+            };
+            let end = if literal.is_empty() {
+                rest.len()
+            } else {
+                match rest.find(literal) {
+                    Some(i) => i,
+                    None => return false,
+                }
+            };
+            let value = &rest[..end];
+            if value.is_empty() || value.contains('/') {
+                return false;
+            }
+            rest = &rest[end + literal.len()..];
+        }
+        rest.is_empty()
+    }
+}
+
+pub(crate) struct RegisteredTool {
+    pub tool: Arc<dyn Tool>,
+    pub definition: Value,
+    validator: jsonschema::Validator,
+}
+
+impl RegisteredTool {
+    /// Every way `args` breaks the input schema, each naming the offending field.
+    pub fn argument_errors(&self, args: &Value) -> Vec<String> {
+        self.validator
+            .iter_errors(args)
+            .take(20)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                let field = if path.is_empty() {
+                    "arguments".to_owned()
+                } else {
+                    format!("arguments{}", path.replace('/', "."))
+                };
+                format!("{field}: {e}")
+            })
+            .collect()
+    }
+}
+
+/// The tools, prompts and resources `/mcp` serves.
+#[derive(Default)]
+pub struct Registry {
+    tools: Vec<RegisteredTool>,
+    by_name: HashMap<String, usize>,
+    prompts: Vec<Prompt>,
+    resources: Vec<Resource>,
+    templates: Vec<ResourceTemplate>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// The built-in account tools.
+    pub fn builtin() -> Self {
+        builtin::register(Self::empty())
+    }
+
+    pub fn add_tool(&mut self, tool: impl Tool + 'static) -> Result<(), RegistryError> {
+        let spec = tool.spec();
+        let name = spec.name().to_owned();
+        if self.by_name.contains_key(&name) {
+            return Err(RegistryError::Duplicate { kind: "tool", name });
+        }
+        let bad = |what: &'static str, message: String| RegistryError::BadSchema {
+            name: name.clone(),
+            what,
+            message,
+        };
+        if !spec.input_schema.is_object() {
+            return Err(bad("inputSchema", "must be a JSON object".into()));
+        }
+        if let Some(out) = &spec.output_schema {
+            jsonschema::validator_for(out).map_err(|e| bad("outputSchema", e.to_string()))?;
+        }
+        let mut published = spec.input_schema.clone();
+        if spec.accepts_idempotency_key()
+            && let Some(props) = published
+                .as_object_mut()
+                .map(|o| o.entry("properties").or_insert_with(|| json!({})))
+                .and_then(Value::as_object_mut)
+        {
+            props.insert(
+                IDEMPOTENCY_KEY.into(),
+                json!({ "type": "string", "minLength": 1, "maxLength": 200, "description": "Optional. A retry with the same key within 24 hours returns the first result instead of running again." }),
+            );
+        }
+        let validator =
+            jsonschema::validator_for(&published).map_err(|e| bad("inputSchema", e.to_string()))?;
+        let definition = spec.definition(&published);
+        self.by_name.insert(name, self.tools.len());
+        self.tools.push(RegisteredTool {
+            tool: Arc::new(tool),
+            definition,
+            validator,
+        });
+        Ok(())
+    }
+
+    /// Builder form of [`Registry::add_tool`].
+    pub fn with_tool(mut self, tool: impl Tool + 'static) -> Result<Self, RegistryError> {
+        self.add_tool(tool)?;
+        Ok(self)
+    }
+
+    pub fn add_prompt(&mut self, prompt: Prompt) -> Result<(), RegistryError> {
+        if self.prompts.iter().any(|p| p.spec.name == prompt.spec.name) {
+            return Err(RegistryError::Duplicate {
+                kind: "prompt",
+                name: prompt.spec.name,
+            });
+        }
+        self.prompts.push(prompt);
+        Ok(())
+    }
+
+    pub fn add_resource(&mut self, resource: Resource) -> Result<(), RegistryError> {
+        if self
+            .resources
+            .iter()
+            .any(|r| r.spec.uri == resource.spec.uri)
+        {
+            return Err(RegistryError::Duplicate {
+                kind: "resource",
+                name: resource.spec.uri,
+            });
+        }
+        self.resources.push(resource);
+        Ok(())
+    }
+
+    pub fn add_resource_template(
+        &mut self,
+        template: ResourceTemplate,
+    ) -> Result<(), RegistryError> {
+        self.templates.push(template);
+        Ok(())
+    }
+
+    pub(crate) fn tools(&self) -> &[RegisteredTool] {
+        &self.tools
+    }
+
+    pub(crate) fn find_tool(&self, name: &str) -> Option<&RegisteredTool> {
+        self.by_name.get(name).map(|i| &self.tools[*i])
+    }
+
+    pub fn tool_names(&self) -> impl Iterator<Item = &str> {
+        self.tools.iter().map(|t| t.tool.spec().name())
+    }
+
+    pub(crate) fn prompts(&self) -> &[Prompt] {
+        &self.prompts
+    }
+
+    pub(crate) fn find_prompt(&self, name: &str) -> Option<&Prompt> {
+        self.prompts.iter().find(|p| p.spec.name == name)
+    }
+
+    pub(crate) fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+
+    pub(crate) fn templates(&self) -> &[ResourceTemplate] {
+        &self.templates
+    }
+
+    /// The fixed resource with this URI, else the first template that matches it.
+    pub(crate) fn reader_for(&self, uri: &str) -> Option<&ReadFn> {
+        self.resources
+            .iter()
+            .find(|r| r.spec.uri == uri)
+            .map(|r| &r.read)
+            .or_else(|| {
+                self.templates
+                    .iter()
+                    .find(|t| t.matches(uri))
+                    .map(|t| &t.read)
+            })
+    }
+
+    pub fn has_prompts(&self) -> bool {
+        !self.prompts.is_empty()
+    }
+
+    pub fn has_resources(&self) -> bool {
+        !self.resources.is_empty() || !self.templates.is_empty()
+    }
+}
+
+/// The argument name non-idempotent tools accept for safe retries.
+pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names_follow_the_conformance_pattern() {
+        assert!(ToolName::parse("whoami").is_ok());
+        assert!(ToolName::parse("a.b/c-d_e").is_ok());
+        for bad in ["", "has space", "é", &"x".repeat(65)] {
+            assert!(ToolName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn templates_match_one_segment_per_variable() {
+        let t = ResourceTemplate {
+            uri_template: "test://template/{id}/data".into(),
+            name: "t".into(),
+            title: None,
+            description: None,
+            mime_type: None,
+            read: Arc::new(|_, _| Box::pin(async { Ok(vec![]) })),
+        };
+        assert!(t.matches("test://template/42/data"));
+        assert!(!t.matches("test://template//data"));
+        assert!(!t.matches("test://template/4/2/data"));
+        assert!(!t.matches("test://template/42/data/x"));
+    }
+
+    #[test]
+    fn schema_errors_name_each_field() {
+        let spec = ToolSpec::new("t", "d").unwrap().input_schema(json!({
+            "type": "object",
+            "properties": { "n": { "type": "integer" }, "s": { "type": "string" } },
+            "required": ["n", "s"],
+            "additionalProperties": false
+        }));
+        let reg = Registry::empty()
+            .with_tool(tool_fn(spec, |_, _| async { ToolResult::text("ok") }))
+            .unwrap();
+        let t = reg.find_tool("t").unwrap();
+        let errors = t.argument_errors(&json!({ "n": "x", "extra": 1 }));
+        let all = errors.join("\n");
+        assert!(all.contains("arguments.n"), "{all}");
+        assert!(all.contains("\"s\""), "{all}");
+        assert!(all.contains("extra"), "{all}");
+        assert!(t.argument_errors(&json!({ "n": 1, "s": "x" })).is_empty());
+    }
+
+    #[test]
+    fn non_idempotent_tools_publish_an_idempotency_key() {
+        let spec = ToolSpec::new("make", "d")
+            .unwrap()
+            .annotations(Annotations::ADDITIVE);
+        let reg = Registry::empty()
+            .with_tool(tool_fn(spec, |_, _| async { ToolResult::text("ok") }))
+            .unwrap();
+        let def = &reg.find_tool("make").unwrap().definition;
+        assert_eq!(
+            def["inputSchema"]["properties"]["idempotency_key"]["type"],
+            "string"
+        );
+        assert_eq!(def["annotations"]["idempotentHint"], false);
+    }
+}
