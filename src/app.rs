@@ -102,6 +102,19 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let store = self.state.store.clone();
+        let meter = self.state.meter.clone();
+        if let Some(scopes) = &self.state.config.mcp.anonymous_scopes {
+            tracing::warn!(
+                scopes = %scopes,
+                "anonymous access is on: /mcp requests without a token act with these scopes (mcp.anonymous_scopes)"
+            );
+        }
+        let (stop_writer, stopped) = tokio::sync::oneshot::channel();
+        let writer = tokio::spawn(background_writer(
+            self.state.clone(),
+            self.state.config.mcp.flush_interval,
+            stopped,
+        ));
         let router = routes::router(self.state);
         axum::serve(
             self.listener,
@@ -110,8 +123,46 @@ impl App {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(AppError::Serve)?;
+        // The writer finishes its batch, then writes what the last requests metered,
+        // before the pool closes.
+        let _ = stop_writer.send(());
+        let _ = writer.await;
+        if let Err(e) = meter.flush(&store).await {
+            tracing::warn!(error = %e, "could not write the last metering batch");
+        }
         store.close().await;
         Ok(())
+    }
+}
+
+/// Writes metering, last-used times and audit rows every `interval`, and drops
+/// expired idempotency keys about once an hour.
+async fn background_writer(
+    state: AppState,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let purge_every = (3_600_000 / interval.as_millis().max(1)).max(1);
+    let mut ticks: u128 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        ticks += 1;
+        if let Err(e) = state.meter.flush(&state.store).await {
+            tracing::warn!(error = %e, "metering batch not written; will retry");
+        }
+        if ticks % purge_every == 0 {
+            let before = state.clock.now() - 24 * 3600;
+            match state.store.purge_idempotency(before).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use crate::crypto::random;
 use crate::domain::ResourceUri;
 use crate::mcp::auth::TokenCache;
 use crate::mcp::guard::OriginGuard;
+use crate::mcp::meter::Meter;
 use crate::mcp::tools::Registry;
 use crate::storage::{ClientRow, StorageError, Store};
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub tools: Arc<Registry>,
     /// Host and Origin checks for `/mcp`.
     pub mcp_guard: Arc<OriginGuard>,
+    /// Tool-call metering, last-used times and audit rows waiting to be written.
+    pub meter: Arc<Meter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,7 @@ impl AppState {
             token_cache: Arc::new(TokenCache::default()),
             tools: Arc::new(Registry::builtin()),
             mcp_guard,
+            meter: Arc::new(Meter::default()),
         })
     }
 }

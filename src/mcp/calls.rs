@@ -16,24 +16,25 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use super::auth::{BearerError, CredentialKind};
+use super::auth::{BearerError, Principal};
 use super::dispatch::{Reply, Request, decorate};
-use super::rpc::{self, Era, INSUFFICIENT_SCOPE, RpcError};
-use super::tools::{IDEMPOTENCY_KEY, Notifier, ToolResult};
+use super::rpc::{self, Era, INSUFFICIENT_SCOPE, MISSING_CAPABILITY, RpcError};
+use super::tools::{IDEMPOTENCY_KEY, Notifier, Tool, ToolContext, ToolResult, ToolSpec};
 use crate::domain::OrgStatus;
+use crate::storage::IdempotencyBegin;
 
 pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
     let Some(name) = req.params.get("name").and_then(Value::as_str) else {
         return Reply::Error(RpcError::invalid_params("invalid params: name is required"));
     };
     let registry = req.state.tools.clone();
-    let Some(tool) = registry.find_tool(name) else {
+    let Some(registered) = registry.find_tool(name) else {
         return Reply::Error(RpcError::invalid_params(format!(
             "unknown tool: {}",
             rpc::clip(name)
         )));
     };
-    let spec = tool.tool.spec();
+    let spec = registered.tool.spec();
     let caller = req.principal;
 
     let missing = spec.missing_scopes(&caller.scopes);
@@ -48,6 +49,28 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
             error,
         };
     }
+    if req.era.is_modern() {
+        let declared = req.extras().client_capabilities;
+        let lacking: Map<String, Value> = spec
+            .required_client_capabilities()
+            .iter()
+            .filter(|c| declared.get(c.as_str()).is_none())
+            .map(|c| (c.clone(), json!({})))
+            .collect();
+        if !lacking.is_empty() {
+            let names: Vec<&String> = lacking.keys().collect();
+            return Reply::Error(
+                RpcError::new(
+                    StatusCode::BAD_REQUEST,
+                    MISSING_CAPABILITY,
+                    format!(
+                        "{name} needs client capabilities the request did not declare: {names:?}"
+                    ),
+                )
+                .with_data(json!({ "requiredCapabilities": lacking })),
+            );
+        }
+    }
 
     let mut args = match req.params.get("arguments") {
         None | Some(Value::Null) => Map::new(),
@@ -58,56 +81,21 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
             ));
         }
     };
-
-    if let Some(needed) = spec.required_role() {
-        let has = caller.standing.role;
-        if !has.is_some_and(|r| r.satisfies(needed)) {
-            let you = has.map_or("not a member", |r| r.as_str());
-            return finished(
-                &req,
-                ToolResult::coded_error(
-                    "ROLE_REQUIRED",
-                    format!(
-                        "{name} needs the {needed} role in your organization (you are: {you}); ask an owner or admin"
-                    ),
-                ),
-            );
-        }
-    }
-
-    let annotations = *spec.annotations_ref();
-    if !annotations.read_only && caller.standing.status == OrgStatus::ReadOnly {
-        return finished(
-            &req,
-            ToolResult::coded_error(
-                "ORG_READ_ONLY",
-                format!(
-                    "your organization is read-only, so {name} (which makes changes) is refused; tools that only read still work"
-                ),
-            ),
-        );
-    }
-
-    let errors = tool.argument_errors(&Value::Object(args.clone()));
-    if !errors.is_empty() {
+    let errors = registered.argument_errors(&Value::Object(args.clone()));
+    if !errors.is_empty() && !req.era.tool_input_errors_are_results() {
         let message = format!("invalid arguments for {name}: {}", errors.join("; "));
-        if req.era.tool_input_errors_are_results() {
-            return finished(&req, ToolResult::coded_error("INVALID_ARGUMENTS", message));
-        }
         return Reply::Error(
             RpcError::invalid_params(message).with_data(json!({ "errors": errors })),
         );
     }
+    let refusal = refusal(spec, caller, &errors);
     let idempotency_key = if spec.accepts_idempotency_key() {
         args.remove(IDEMPOTENCY_KEY)
             .and_then(|v| v.as_str().map(str::to_owned))
     } else {
         None
     };
-    let _ = idempotency_key;
 
-    // The call itself, owning everything it needs so that it can outlive this
-    // function inside an SSE stream.
     let progress_token = req
         .meta()
         .and_then(|m| m.get("progressToken"))
@@ -126,15 +114,93 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
         (None, None)
     };
     let ctx = req.context(Notifier::new(tx, progress_token, logging));
-    let era = req.era;
-    let id = req.id.clone();
-    let tool = tool.tool.clone();
-    let _kind: CredentialKind = caller.kind;
-    let run = async move {
+    let call = Call {
+        era: req.era,
+        id: req.id.clone(),
+        tool: registered.tool.clone(),
+        name: name.to_owned(),
+        args,
+        idempotency_key,
+        refusal,
+    };
+    // The call owns everything it needs, so it can outlive this function inside an SSE stream.
+    Reply::Response(respond(call.run(ctx), rx).await)
+}
+
+/// What can be decided about a call without the database: role, read-only
+/// organization, argument errors (as a result, 2025-11-25 and later).
+fn refusal(spec: &ToolSpec, caller: &Principal, errors: &[String]) -> Option<ToolResult> {
+    let name = spec.name();
+    if let Some(needed) = spec.required_role() {
+        let has = caller.standing.role;
+        if !has.is_some_and(|r| r.satisfies(needed)) {
+            let you = has.map_or("not a member", |r| r.as_str());
+            return Some(ToolResult::coded_error(
+                "ROLE_REQUIRED",
+                format!(
+                    "{name} needs the {needed} role in your organization (you are: {you}); ask an owner or admin"
+                ),
+            ));
+        }
+    }
+    if !spec.annotations_ref().read_only && caller.standing.status == OrgStatus::ReadOnly {
+        return Some(ToolResult::coded_error(
+            "ORG_READ_ONLY",
+            format!(
+                "your organization is read-only, so {name} (which makes changes) is refused; tools that only read still work"
+            ),
+        ));
+    }
+    if !errors.is_empty() {
+        return Some(ToolResult::coded_error(
+            "INVALID_ARGUMENTS",
+            format!("invalid arguments for {name}: {}", errors.join("; ")),
+        ));
+    }
+    None
+}
+
+/// A call that passed the synchronous checks.
+struct Call {
+    era: Era,
+    id: Value,
+    tool: Arc<dyn Tool>,
+    name: String,
+    args: Map<String, Value>,
+    idempotency_key: Option<String>,
+    refusal: Option<ToolResult>,
+}
+
+const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
+
+impl Call {
+    /// Runs the call and returns the JSON-RPC response message; meters it either way.
+    async fn run(self, ctx: ToolContext) -> Value {
         let started = Instant::now();
-        let result = tool.call(ctx, args).await;
-        let _elapsed = started.elapsed();
-        let result = match (result, era) {
+        let state = ctx.state.clone();
+        let caller = ctx.caller.clone();
+        let result = match self.refusal {
+            Some(r) => r,
+            None => match quota_refusal(&ctx, &self.name, self.tool.spec()).await {
+                Some(r) => r,
+                None => match &self.idempotency_key {
+                    Some(key) => idempotent(&ctx, &self.tool, &self.name, key, self.args).await,
+                    None => self.tool.call(ctx, self.args).await,
+                },
+            },
+        };
+        let now = state.clock.now();
+        state.meter.record_call(
+            &caller,
+            &self.name,
+            now,
+            result.is_error(),
+            started.elapsed(),
+        );
+        let result = match (result, self.era) {
+            (ToolResult::InvalidRequest(message), _) => {
+                return RpcError::invalid_params(message).to_message(self.id);
+            }
             (ToolResult::InputRequired { .. }, Era::Legacy(_)) => ToolResult::coded_error(
                 "INPUT_REQUIRED",
                 "this tool needs more input from the client, which protocol revisions before 2026-07-28 cannot carry on a stateless server",
@@ -142,15 +208,122 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
             (r, _) => r,
         };
         let mut body = result.to_json();
-        decorate(era, &mut body);
-        rpc::result_message(id, body)
-    };
-    Reply::Response(respond(run, rx).await)
+        decorate(self.era, &mut body);
+        rpc::result_message(self.id, body)
+    }
 }
 
-/// A result decided before the tool ran (role, read-only, bad arguments).
-fn finished(_req: &Request<'_>, result: ToolResult) -> Reply {
-    Reply::Result(result.to_json())
+/// A write tool over the organization's daily quota is refused; read tools never are.
+async fn quota_refusal(ctx: &ToolContext, name: &str, spec: &ToolSpec) -> Option<ToolResult> {
+    let caller = &ctx.caller;
+    let quota = caller.standing.daily_quota?;
+    if spec.annotations_ref().read_only || caller.org_id.is_empty() {
+        return None;
+    }
+    let now = ctx.state.clock.now();
+    match ctx
+        .state
+        .meter
+        .calls_today(&ctx.state.store, &caller.org_id, now)
+        .await
+    {
+        Ok(used) if used >= quota => Some(ToolResult::coded_error(
+            "QUOTA_EXCEEDED",
+            format!(
+                "your organization has used its {quota} tool calls for today (UTC), so {name} is refused; read-only tools still work, and the quota resets at midnight UTC"
+            ),
+        )),
+        Ok(_) => None,
+        Err(_) => Some(ToolResult::error(UNAVAILABLE)),
+    }
+}
+
+const UNAVAILABLE: &str = "the database is unavailable; try again shortly";
+
+/// Runs a call at most once per `idempotency_key` (per caller) within 24 hours.
+async fn idempotent(
+    ctx: &ToolContext,
+    tool: &Arc<dyn Tool>,
+    name: &str,
+    key: &str,
+    args: Map<String, Value>,
+) -> ToolResult {
+    let caller = &ctx.caller;
+    let scope_key = digest(&format!("{}\n{}\n{key}", caller.org_id, caller.user_id));
+    // serde_json maps are sorted, so equal arguments serialize equally.
+    let args_hash = digest(&format!("{name}\n{}", Value::Object(args.clone())));
+    let store = &ctx.state.store;
+    let now = ctx.state.clock.now();
+    match store
+        .idempotency_begin(&scope_key, &args_hash, now, IDEMPOTENCY_TTL_SECS)
+        .await
+    {
+        Ok(IdempotencyBegin::Started) => {}
+        Ok(IdempotencyBegin::Done {
+            args_hash: h,
+            result,
+        }) if h == args_hash => {
+            return match serde_json::from_str::<StoredResult>(&result) {
+                Ok(r) => r.into_result(),
+                Err(_) => ToolResult::error(UNAVAILABLE),
+            };
+        }
+        Ok(IdempotencyBegin::Done { .. }) => {
+            return ToolResult::coded_error(
+                "IDEMPOTENCY_KEY_REUSED",
+                "this idempotency_key was already used with different arguments (or another tool); use a new key for a new request",
+            );
+        }
+        Ok(IdempotencyBegin::InProgress { .. }) => {
+            return ToolResult::coded_error(
+                "IDEMPOTENCY_KEY_IN_PROGRESS",
+                "a call with this idempotency_key is still running; retry in a moment to get its result",
+            );
+        }
+        Err(_) => return ToolResult::error(UNAVAILABLE),
+    }
+    let result = tool.call(ctx.clone(), args).await;
+    // Only a successful result is remembered: a failed call may be retried for real.
+    let stored = match &result {
+        ToolResult::Complete {
+            content,
+            structured,
+            is_error: false,
+        } => serde_json::to_string(&StoredResult {
+            content: content.clone(),
+            structured: structured.clone(),
+        })
+        .ok(),
+        _ => None,
+    };
+    let outcome = match stored {
+        Some(json) => store.idempotency_finish(&scope_key, &json).await,
+        None => store.idempotency_abort(&scope_key).await,
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(tool = name, error = %e, "could not record the idempotency key's outcome");
+    }
+    result
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredResult {
+    content: Vec<Value>,
+    structured: Option<Value>,
+}
+
+impl StoredResult {
+    fn into_result(self) -> ToolResult {
+        ToolResult::Complete {
+            content: self.content,
+            structured: self.structured,
+            is_error: false,
+        }
+    }
+}
+
+fn digest(s: &str) -> String {
+    crate::crypto::HashedToken::of(s).as_str().to_owned()
 }
 
 /// Whether the client takes `text/event-stream` (absent and `*/*` count; Claude has sent `*/*`).
@@ -232,6 +405,3 @@ fn sse(messages: impl futures_util::Stream<Item = Value> + Send + 'static) -> Re
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res
 }
-
-#[allow(dead_code)]
-fn _arc_unused(_: Arc<()>) {}

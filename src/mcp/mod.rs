@@ -6,6 +6,7 @@ mod calls;
 mod dispatch;
 pub mod guard;
 mod metadata;
+pub mod meter;
 pub mod rpc;
 mod server;
 pub mod tools;

@@ -53,6 +53,10 @@ impl Era {
         matches!(self, Self::Modern(_))
     }
 
+    pub fn is_legacy(self) -> bool {
+        !self.is_modern()
+    }
+
     /// 2025-11-25 and later report argument errors as tool results (SEP-1303).
     pub fn tool_input_errors_are_results(self) -> bool {
         self.version() >= "2025-11-25"

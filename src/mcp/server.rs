@@ -126,24 +126,26 @@ fn parse_envelope(obj: &Map<String, Value>) -> Result<Message, (Value, RpcError)
     })
 }
 
-/// The routing rule: `initialize` with a `protocolVersion` is the legacy handshake;
-/// a request with `_meta` protocol version (or the 2026-07-28 header) is modern;
-/// anything else is legacy at the header's version (2025-03-26 when absent).
-fn classify(
-    method: &str,
-    params: &Map<String, Value>,
-    header_version: Option<&str>,
-) -> Result<Era, RpcError> {
-    if method == "initialize" && params.contains_key("protocolVersion") {
-        return Ok(Era::Legacy(rpc::LEGACY_VERSIONS[0]));
+/// The routing rule: `initialize` with a `protocolVersion` is the legacy handshake; a
+/// request with any `io.modelcontextprotocol/` key in `_meta`, or a header naming no
+/// legacy revision, is modern; anything else is legacy at the header's revision
+/// (2025-03-26 when there is no header). Legacy requests may carry `_meta` too
+/// (`progressToken`), so its mere presence decides nothing.
+fn classify(method: &str, params: &Map<String, Value>, header_version: Option<&str>) -> Era {
+    if method == "initialize" && params.get("protocolVersion").is_some_and(Value::is_string) {
+        return Era::Legacy(rpc::LEGACY_VERSIONS[0]);
     }
-    let meta_version = params.get("_meta").and_then(|m| m.get(rpc::META_VERSION));
-    let header_era = header_version.map(|v| rpc::known_version(v).ok_or(v));
-    match (meta_version, header_era) {
-        (Some(_), _) | (None, Some(Ok(Era::Modern(_)))) => Ok(Era::Modern(rpc::MODERN_VERSIONS[0])),
-        (None, Some(Ok(era))) => Ok(era),
-        (None, Some(Err(v))) => Err(RpcError::unsupported_version(v)),
-        (None, None) => Ok(Era::Legacy(DEFAULT_VERSION)),
+    let modern_meta = params
+        .get("_meta")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.keys().any(|k| k.starts_with("io.modelcontextprotocol/")));
+    if modern_meta {
+        return Era::Modern(rpc::MODERN_VERSIONS[0]);
+    }
+    match header_version.map(rpc::known_version) {
+        None => Era::Legacy(DEFAULT_VERSION),
+        Some(Some(era @ Era::Legacy(_))) => era,
+        Some(_) => Era::Modern(rpc::MODERN_VERSIONS[0]),
     }
 }
 
@@ -155,43 +157,24 @@ fn check_modern(
     params: &Map<String, Value>,
 ) -> Result<Era, RpcError> {
     let meta = params.get("_meta").and_then(Value::as_object);
-    let Some(version) = meta.and_then(|m| m.get(rpc::META_VERSION)) else {
-        return Err(RpcError::new(
+    let missing = |what: &str| {
+        RpcError::new(
             StatusCode::BAD_REQUEST,
             rpc::INVALID_PARAMS,
-            format!(
-                "invalid params: _meta[\"{}\"] is required",
-                rpc::META_VERSION
-            ),
-        ));
+            format!("invalid params: _meta[\"{what}\"] is required"),
+        )
     };
-    let Some(version) = version.as_str() else {
-        return Err(RpcError::new(
-            StatusCode::BAD_REQUEST,
-            rpc::INVALID_PARAMS,
-            format!(
-                "invalid params: _meta[\"{}\"] must be a string",
-                rpc::META_VERSION
-            ),
-        ));
-    };
-    let era = match rpc::known_version(version) {
-        Some(era @ Era::Modern(_)) => era,
-        _ => return Err(RpcError::unsupported_version(version)),
-    };
+    let version = meta
+        .and_then(|m| m.get(rpc::META_VERSION))
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing(rpc::META_VERSION))?;
     if !meta
         .and_then(|m| m.get(rpc::META_CAPABILITIES))
         .is_some_and(Value::is_object)
     {
-        return Err(RpcError::new(
-            StatusCode::BAD_REQUEST,
-            rpc::INVALID_PARAMS,
-            format!(
-                "invalid params: _meta[\"{}\"] is required (an object)",
-                rpc::META_CAPABILITIES
-            ),
-        ));
+        return Err(missing(rpc::META_CAPABILITIES));
     }
+    // The header must agree with the body before the version itself is judged.
     match header_version {
         None => {
             return Err(RpcError::header_mismatch(
@@ -207,6 +190,10 @@ fn check_modern(
         }
         Some(_) => {}
     }
+    let era = match rpc::known_version(version) {
+        Some(era @ Era::Modern(_)) => era,
+        _ => return Err(RpcError::unsupported_version(version)),
+    };
     match header_text(headers, "mcp-method") {
         None => {
             return Err(RpcError::header_mismatch(
@@ -272,10 +259,7 @@ async fn handle_single(
         }
         Err((id, e)) => return e.into_response(id),
     };
-    let era = match classify(&method, &params, header_version) {
-        Ok(era) => era,
-        Err(e) => return e.into_response(id),
-    };
+    let era = classify(&method, &params, header_version);
     let era = if era.is_modern() {
         match check_modern(headers, header_version, &method, &params) {
             Ok(era) => era,
@@ -407,31 +391,68 @@ mod tests {
     #[test]
     fn routing_rule_picks_the_era() {
         let init = params(json!({ "protocolVersion": "2025-06-18" }));
-        assert!(matches!(
-            classify("initialize", &init, Some("2026-07-28")),
-            Ok(Era::Legacy(_))
-        ));
-        let modern =
-            params(json!({ "_meta": { "io.modelcontextprotocol/protocolVersion": "2026-07-28" } }));
-        assert!(matches!(
-            classify("tools/list", &modern, None),
-            Ok(Era::Modern(_))
-        ));
-        assert!(matches!(
-            classify("tools/list", &Map::new(), Some("2026-07-28")),
-            Ok(Era::Modern(_))
-        ));
         assert_eq!(
-            classify("tools/list", &Map::new(), None).unwrap(),
+            classify("initialize", &init, Some("2026-07-28")),
+            Era::Legacy("2025-11-25")
+        );
+        let modern =
+            params(json!({ "_meta": { "io.modelcontextprotocol/clientCapabilities": {} } }));
+        assert!(classify("tools/list", &modern, Some("2025-11-25")).is_modern());
+        assert!(classify("tools/list", &Map::new(), Some("2026-07-28")).is_modern());
+        assert!(classify("tools/list", &Map::new(), Some("v999.0.0")).is_modern());
+        assert_eq!(
+            classify("initialize", &Map::new(), None),
             Era::Legacy("2025-03-26")
         );
+        let progress = params(json!({ "_meta": { "progressToken": "p" } }));
         assert_eq!(
-            classify("tools/list", &Map::new(), Some("2025-06-18")).unwrap(),
-            Era::Legacy("2025-06-18")
+            classify("tools/call", &progress, Some("2025-11-25")),
+            Era::Legacy("2025-11-25")
         );
-        let e = classify("tools/list", &Map::new(), Some("1999-01-01")).unwrap_err();
-        assert_eq!(e.code, rpc::UNSUPPORTED_VERSION);
-        assert_eq!(e.data.unwrap()["requested"], "1999-01-01");
+        assert_eq!(
+            classify("tools/list", &Map::new(), None),
+            Era::Legacy("2025-03-26")
+        );
+    }
+
+    #[test]
+    fn modern_checks_run_in_the_specified_order() {
+        let h = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("mcp-method", HeaderValue::from_static("server/discover"));
+            h.insert("mcp-protocol-version", HeaderValue::from_static(v));
+            h
+        };
+        let meta = |v: &str| {
+            params(
+                json!({ "_meta": { "io.modelcontextprotocol/protocolVersion": v, "io.modelcontextprotocol/clientCapabilities": {} } }),
+            )
+        };
+        let code = |headers: &HeaderMap, hv, p: &Map<String, Value>| {
+            check_modern(headers, hv, "server/discover", p)
+                .map(|_| 0)
+                .unwrap_or_else(|e| e.code)
+        };
+        assert_eq!(
+            code(&h("2026-07-28"), Some("2026-07-28"), &Map::new()),
+            rpc::INVALID_PARAMS
+        );
+        assert_eq!(
+            code(&h("2026-07-28"), Some("2026-07-28"), &meta("v999.0.0")),
+            rpc::HEADER_MISMATCH
+        );
+        assert_eq!(
+            code(&h("v999.0.0"), Some("v999.0.0"), &meta("v999.0.0")),
+            rpc::UNSUPPORTED_VERSION
+        );
+        assert_eq!(
+            code(&h("2026-07-28"), Some("2026-07-28"), &meta("2026-07-28")),
+            0
+        );
+        assert_eq!(
+            code(&h("2026-07-28"), None, &meta("2026-07-28")),
+            rpc::HEADER_MISMATCH
+        );
     }
 
     #[test]

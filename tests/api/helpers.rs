@@ -166,6 +166,15 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 }
 
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    spawn_app_serving(backend, adjust, None).await
+}
+
+/// As [`spawn_app_with`], serving `registry` at `/mcp` instead of the built-in tools.
+pub async fn spawn_app_serving(
+    backend: Backend,
+    adjust: impl FnOnce(&mut Config),
+    registry: Option<gatehouse::mcp::tools::Registry>,
+) -> Option<TestApp> {
     let db = TestDb::new(backend).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -176,12 +185,18 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     config.server.public_url = format!("http://127.0.0.1:{port}");
     config.database.url = db.url.clone();
     config.database.max_connections = 5;
+    // Metering is written quickly so that tests can see it without long waits.
+    config.mcp.flush_interval = std::time::Duration::from_millis(50);
     adjust(&mut config);
     let store = db.store().await;
     let clock = ManualClock::new();
     let app = App::from_parts(config.clone(), store.clone(), clock.clone(), listener)
         .await
         .expect("build app");
+    let app = match registry {
+        Some(r) => app.with_registry(r),
+        None => app,
+    };
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

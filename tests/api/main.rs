@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod health;
 mod mcp;
+mod mcp_protocol;
 mod oauth;
 mod oauth_helpers;
 mod storage;

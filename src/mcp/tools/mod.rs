@@ -27,7 +27,7 @@ pub type ToolFuture<'a> = BoxFuture<'a, ToolResult>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegistryError {
-    #[error("tool name {0:?} must be 1-64 characters of A-Z a-z 0-9 _ . / -")]
+    #[error("tool name {0:?} must be 1-64 characters of A-Z a-z 0-9 _ . -")]
     BadName(String),
     #[error("{kind} {name:?} is registered twice")]
     Duplicate { kind: &'static str, name: String },
@@ -41,7 +41,8 @@ pub enum RegistryError {
     BadScope(String),
 }
 
-/// A tool name as the conformance suite and Claude accept it: `^[A-Za-z0-9_./-]{1,64}$`.
+/// A tool name every revision's rule accepts: `^[A-Za-z0-9_.-]{1,64}$` (2025-11-25 allows
+/// up to 128 characters; older conformance checks allowed `/` but only 64).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ToolName(String);
 
@@ -50,7 +51,7 @@ impl ToolName {
         let ok = (1..=64).contains(&raw.len())
             && raw
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'));
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
@@ -115,6 +116,7 @@ pub struct ToolSpec {
     annotations: Annotations,
     scopes: ScopeSet,
     role: Option<Role>,
+    client_capabilities: Vec<String>,
 }
 
 impl ToolSpec {
@@ -129,6 +131,7 @@ impl ToolSpec {
             annotations: Annotations::READ_ONLY,
             scopes: ScopeSet::default(),
             role: None,
+            client_capabilities: Vec::new(),
         })
     }
 
@@ -165,6 +168,18 @@ impl ToolSpec {
     pub fn role(mut self, role: Role) -> Self {
         self.role = Some(role);
         self
+    }
+
+    /// The client must have declared this capability (e.g. `sampling`). Checked on
+    /// 2026-07-28 requests, which carry the client's capabilities; a request without it
+    /// gets -32021.
+    pub fn requires_client_capability(mut self, capability: &str) -> Self {
+        self.client_capabilities.push(capability.to_owned());
+        self
+    }
+
+    pub fn required_client_capabilities(&self) -> &[String] {
+        &self.client_capabilities
     }
 
     pub fn name(&self) -> &str {
@@ -263,6 +278,9 @@ pub enum ToolResult {
         input_requests: Value,
         request_state: Option<String>,
     },
+    /// The request itself is unusable (for example a tampered `requestState`): answered
+    /// as a JSON-RPC invalid-params error rather than a result.
+    InvalidRequest(String),
 }
 
 impl ToolResult {
@@ -334,6 +352,9 @@ impl ToolResult {
                     out["requestState"] = json!(s);
                 }
                 out
+            }
+            Self::InvalidRequest(message) => {
+                json!({ "content": [{ "type": "text", "text": message }], "isError": true })
             }
         }
     }
@@ -744,8 +765,8 @@ mod tests {
     #[test]
     fn tool_names_follow_the_conformance_pattern() {
         assert!(ToolName::parse("whoami").is_ok());
-        assert!(ToolName::parse("a.b/c-d_e").is_ok());
-        for bad in ["", "has space", "é", &"x".repeat(65)] {
+        assert!(ToolName::parse("a.b-c_d").is_ok());
+        for bad in ["", "has space", "é", "a/b", &"x".repeat(65)] {
             assert!(ToolName::parse(bad).is_err(), "{bad:?}");
         }
     }

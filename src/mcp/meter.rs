@@ -1,0 +1,263 @@
+//! Tool-call metering, last-used times and audit rows, aggregated in memory and written
+//! in batches by a background task, so that a tool call never waits on a write it does
+//! not need. Also answers "how many tool calls has this organization made today" for
+//! quotas: the database's count (re-read every few seconds, so other instances' calls
+//! are seen) plus this instance's calls not yet written.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::auth::{CredentialKind, Principal};
+use crate::storage::{AuditEntry, StorageError, Store, UsageRecord};
+
+const DAY: i64 = 86_400;
+/// How stale the database's daily count may get before it is read again.
+const QUOTA_REFRESH: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct UsageKey {
+    org_id: String,
+    user_id: String,
+    client_id: String,
+    tool: String,
+    day: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    calls: i64,
+    errors: i64,
+    latency_us: i64,
+}
+
+struct QuotaDay {
+    day: i64,
+    /// The database's count when last read, plus what this instance wrote since.
+    base: i64,
+    refreshed: Instant,
+}
+
+#[derive(Default)]
+struct Pending {
+    usage: HashMap<UsageKey, Counts>,
+    /// Calls per (organization, day) not yet written, for quotas.
+    unwritten: HashMap<(String, i64), i64>,
+    pats: HashMap<String, i64>,
+    access_tokens: HashMap<String, i64>,
+    audit: Vec<AuditEntry>,
+}
+
+#[derive(Default)]
+pub struct Meter {
+    pending: Mutex<Pending>,
+    quota: Mutex<HashMap<String, QuotaDay>>,
+}
+
+/// What one flush wrote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    pub usage_rows: usize,
+    pub last_used: usize,
+    pub audit_rows: usize,
+}
+
+impl Meter {
+    /// Counts one finished call. Cheap: one short lock, no I/O.
+    pub fn record_call(
+        &self,
+        caller: &Principal,
+        tool: &str,
+        now: i64,
+        is_error: bool,
+        latency: Duration,
+    ) {
+        let day = now.div_euclid(DAY);
+        let key = UsageKey {
+            org_id: caller.org_id.clone(),
+            user_id: caller.user_id.clone(),
+            client_id: caller.client_id.clone().unwrap_or_default(),
+            tool: tool.to_owned(),
+            day,
+        };
+        let latency_us = i64::try_from(latency.as_micros()).unwrap_or(i64::MAX);
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
+        let c = p.usage.entry(key).or_default();
+        c.calls += 1;
+        c.errors += i64::from(is_error);
+        c.latency_us = c.latency_us.saturating_add(latency_us);
+        *p.unwritten.entry((caller.org_id.clone(), day)).or_default() += 1;
+        match caller.kind {
+            CredentialKind::Pat => {
+                p.pats.insert(caller.credential.clone(), now);
+            }
+            CredentialKind::AccessToken => {
+                p.access_tokens.insert(caller.credential.clone(), now);
+            }
+            CredentialKind::Anonymous => {}
+        }
+    }
+
+    /// Queues an audit row for the next flush.
+    pub fn audit(&self, entry: AuditEntry) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.audit.push(entry);
+        }
+    }
+
+    /// Tool calls the organization has made today, across instances (other
+    /// instances' calls show up within a few seconds of being written).
+    pub async fn calls_today(
+        &self,
+        store: &Store,
+        org_id: &str,
+        now: i64,
+    ) -> Result<i64, StorageError> {
+        let day = now.div_euclid(DAY);
+        let unwritten = |m: &Self| {
+            m.pending
+                .lock()
+                .ok()
+                .and_then(|p| p.unwritten.get(&(org_id.to_owned(), day)).copied())
+                .unwrap_or(0)
+        };
+        let cached = self.quota.lock().ok().and_then(|q| {
+            q.get(org_id)
+                .filter(|d| d.day == day && d.refreshed.elapsed() < QUOTA_REFRESH)
+                .map(|d| d.base)
+        });
+        if let Some(base) = cached {
+            return Ok(base + unwritten(self));
+        }
+        let base = store.tool_calls_on_day(org_id, day).await?;
+        if let Ok(mut q) = self.quota.lock() {
+            q.insert(
+                org_id.to_owned(),
+                QuotaDay {
+                    day,
+                    base,
+                    refreshed: Instant::now(),
+                },
+            );
+        }
+        Ok(base + unwritten(self))
+    }
+
+    /// Writes everything pending. On failure the batch is put back for the next try.
+    pub async fn flush(&self, store: &Store) -> Result<Flushed, StorageError> {
+        let taken = match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return Ok(Flushed::default()),
+        };
+        let mut written = Written::default();
+        match write(store, &taken, &mut written).await {
+            Ok(done) => {
+                // What was unwritten is now in the database's count.
+                if let Ok(mut q) = self.quota.lock() {
+                    for ((org, day), n) in &taken.unwritten {
+                        if let Some(d) = q.get_mut(org).filter(|d| d.day == *day) {
+                            d.base += n;
+                        }
+                    }
+                }
+                Ok(done)
+            }
+            Err(e) => {
+                // Only what did not reach the database goes back, so nothing is counted twice.
+                let mut rest = taken;
+                if written.usage {
+                    for ((org, day), n) in std::mem::take(&mut rest.unwritten) {
+                        if let Ok(mut q) = self.quota.lock()
+                            && let Some(d) = q.get_mut(&org).filter(|d| d.day == day)
+                        {
+                            d.base += n;
+                        }
+                    }
+                    rest.usage.clear();
+                }
+                if written.last_used {
+                    rest.pats.clear();
+                    rest.access_tokens.clear();
+                }
+                self.put_back(rest);
+                Err(e)
+            }
+        }
+    }
+
+    fn put_back(&self, taken: Pending) {
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
+        for (k, c) in taken.usage {
+            let e = p.usage.entry(k).or_default();
+            e.calls += c.calls;
+            e.errors += c.errors;
+            e.latency_us = e.latency_us.saturating_add(c.latency_us);
+        }
+        for (k, n) in taken.unwritten {
+            *p.unwritten.entry(k).or_default() += n;
+        }
+        for (k, at) in taken.pats {
+            let e = p.pats.entry(k).or_insert(at);
+            *e = (*e).max(at);
+        }
+        for (k, at) in taken.access_tokens {
+            let e = p.access_tokens.entry(k).or_insert(at);
+            *e = (*e).max(at);
+        }
+        let mut audit = taken.audit;
+        audit.append(&mut p.audit);
+        p.audit = audit;
+    }
+}
+
+#[derive(Default)]
+struct Written {
+    usage: bool,
+    last_used: bool,
+}
+
+async fn write(store: &Store, p: &Pending, written: &mut Written) -> Result<Flushed, StorageError> {
+    let usage: Vec<UsageRecord> = p
+        .usage
+        .iter()
+        .map(|(k, c)| UsageRecord {
+            org_id: k.org_id.clone(),
+            user_id: k.user_id.clone(),
+            client_id: k.client_id.clone(),
+            tool: k.tool.clone(),
+            day: k.day,
+            calls: c.calls,
+            errors: c.errors,
+            total_latency_us: c.latency_us,
+        })
+        .collect();
+    if !usage.is_empty() {
+        store.record_usage(&usage).await?;
+    }
+    written.usage = true;
+    let pats: Vec<(String, i64)> = p.pats.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let mut families: HashMap<String, i64> = HashMap::new();
+    for (jti, at) in &p.access_tokens {
+        if let Some(f) = store.family_of_access_token(jti).await? {
+            let e = families.entry(f).or_insert(*at);
+            *e = (*e).max(*at);
+        }
+    }
+    let families: Vec<(String, i64)> = families.into_iter().collect();
+    if !pats.is_empty() || !families.is_empty() {
+        store.touch_last_used(&pats, &families).await?;
+    }
+    written.last_used = true;
+    if !p.audit.is_empty() {
+        store.append_audit_batch(&p.audit).await?;
+    }
+    Ok(Flushed {
+        usage_rows: usage.len(),
+        last_used: pats.len() + families.len(),
+        audit_rows: p.audit.len(),
+    })
+}
