@@ -28,6 +28,16 @@ pub enum CredentialKind {
     Anonymous,
 }
 
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccessToken => "oauth_access_token",
+            Self::Pat => "personal_access_token",
+            Self::Anonymous => "anonymous",
+        }
+    }
+}
+
 /// The caller's organization as last checked (at most a second ago).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Standing {

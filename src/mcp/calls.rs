@@ -21,7 +21,7 @@ use super::dispatch::{Reply, Request, decorate};
 use super::rpc::{self, Era, INSUFFICIENT_SCOPE, MISSING_CAPABILITY, RpcError};
 use super::tools::{IDEMPOTENCY_KEY, Notifier, Tool, ToolContext, ToolResult, ToolSpec};
 use crate::domain::OrgStatus;
-use crate::storage::IdempotencyBegin;
+use crate::storage::{AuditEntry, IdempotencyBegin};
 
 pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
     let Some(name) = req.params.get("name").and_then(Value::as_str) else {
