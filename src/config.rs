@@ -88,6 +88,7 @@ impl Default for RawMcp {
 #[serde(deny_unknown_fields, default)]
 struct RawOAuth {
     default_scopes: String,
+    extra_scopes: String,
     cors_origins: String,
     always_issue_refresh_token: String,
     cimd_allow_private_addresses: String,
@@ -97,6 +98,7 @@ impl Default for RawOAuth {
     fn default() -> Self {
         Self {
             default_scopes: "account:read account:write".into(),
+            extra_scopes: String::new(),
             cors_origins: "https://claude.ai https://claude.com".into(),
             always_issue_refresh_token: "true".into(),
             cimd_allow_private_addresses: "false".into(),
@@ -270,6 +272,8 @@ pub struct McpConfig {
 pub struct OAuthConfig {
     /// Granted when a client asks for no known scope.
     pub default_scopes: crate::domain::ScopeSet,
+    /// Every scope this deployment defines (built-in and `extra_scopes`), with its words.
+    pub scopes: crate::domain::scope::ScopeCatalog,
     /// Browser origins allowed to call the metadata, registration, token and revocation endpoints.
     pub cors_origins: Vec<String>,
     /// Issue a refresh token even when `offline_access` was not requested.
@@ -480,7 +484,10 @@ impl Config {
         let owner_email = Email::parse(&raw.bootstrap.owner_email)
             .map_err(|e| o.error("bootstrap.owner_email", e))?;
 
-        let default_scopes = crate::domain::scope::parse_known_scopes(&raw.oauth.default_scopes)
+        let scopes = crate::domain::scope::ScopeCatalog::with_extra(&raw.oauth.extra_scopes)
+            .map_err(|e| o.error("oauth.extra_scopes", e))?;
+        let default_scopes = scopes
+            .parse_known(&raw.oauth.default_scopes)
             .map_err(|e| o.error("oauth.default_scopes", e))?;
         let mut cors_origins = Vec::new();
         for origin in raw
@@ -615,6 +622,7 @@ impl Config {
             bootstrap: BootstrapConfig { owner_email },
             oauth: OAuthConfig {
                 default_scopes,
+                scopes,
                 cors_origins,
                 always_issue_refresh_token,
                 cimd_allow_private_addresses,
@@ -673,6 +681,7 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "tokens.refresh_grace_secs",
         "bootstrap.owner_email",
         "oauth.default_scopes",
+        "oauth.extra_scopes",
         "oauth.cors_origins",
         "oauth.always_issue_refresh_token",
         "oauth.cimd_allow_private_addresses",

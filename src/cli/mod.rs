@@ -19,7 +19,6 @@ use crate::config::Config;
 use crate::crypto::password::hash_password;
 use crate::crypto::{PlainToken, TokenKind, keys, random};
 use crate::domain::org::OrgName;
-use crate::domain::scope::parse_known_scopes;
 use crate::domain::user::Password;
 use crate::domain::{DisplayName, Email, OrgSlug, OrgStatus, RedirectUri, Role};
 use crate::storage::credentials::NewPat;
@@ -282,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
         now: clock.now(),
         access_ttl_secs: config.tokens.access_ttl_secs,
+        scopes: config.oauth.scopes.clone(),
     };
     let result = ctx.dispatch(cli.command).await;
     ctx.store.close().await;
@@ -346,6 +346,8 @@ struct Ctx {
     json: bool,
     now: i64,
     access_ttl_secs: i64,
+    /// The scopes this deployment defines, for PAT creation.
+    scopes: crate::domain::scope::ScopeCatalog,
 }
 
 impl Ctx {
@@ -739,7 +741,10 @@ impl Ctx {
                 scopes,
                 expires_in_days,
             } => {
-                let scopes = parse_known_scopes(&scopes).map_err(|e| anyhow!("--scopes: {e}"))?;
+                let scopes = self
+                    .scopes
+                    .parse_known(&scopes)
+                    .map_err(|e| anyhow!("--scopes: {e}"))?;
                 let name = DisplayName::parse(&name).context("--name")?;
                 let expires_at = match expires_in_days {
                     Some(0) => bail!("--expires-in-days must be at least 1"),

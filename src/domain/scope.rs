@@ -190,23 +190,86 @@ pub const BUILTIN_SCOPES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The scopes this deployment defines: the built-in ones plus the operator's, each with
+/// the words shown on the consent page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeCatalog(Vec<(Scope, String)>);
+
+impl ScopeCatalog {
+    /// The built-in scopes plus `extra`, written `name=words; name=words` (so that it fits
+    /// in one environment variable). A name may not be defined twice.
+    pub fn with_extra(extra: &str) -> Result<Self, String> {
+        let mut all: Vec<(Scope, String)> = BUILTIN_SCOPES
+            .iter()
+            .filter_map(|(n, w)| Scope::parse(n).ok().map(|s| (s, (*w).to_owned())))
+            .collect();
+        for entry in extra.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, words) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("{entry:?} is not name=description"))?;
+            let scope = Scope::parse(name.trim()).map_err(|e| e.to_string())?;
+            let words = words.trim();
+            if words.is_empty() || words.len() > 200 {
+                return Err(format!(
+                    "scope {scope}: the description must be 1-200 characters"
+                ));
+            }
+            if scope.as_str() == "offline_access" || all.iter().any(|(s, _)| *s == scope) {
+                return Err(format!("scope {scope} is defined twice"));
+            }
+            all.push((scope, words.to_owned()));
+        }
+        Ok(Self(all))
+    }
+
+    pub fn builtin() -> Self {
+        Self(
+            BUILTIN_SCOPES
+                .iter()
+                .filter_map(|(n, w)| Scope::parse(n).ok().map(|s| (s, (*w).to_owned())))
+                .collect(),
+        )
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(s, _)| s.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names().any(|n| n == name)
+    }
+
+    /// The words for a person, if the scope is defined.
+    pub fn describe(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(s, _)| s.as_str() == name)
+            .map(|(_, w)| w.as_str())
+    }
+
+    /// Parses scopes a person asked for by name, refusing any this catalogue lacks.
+    pub fn parse_known(&self, raw: &str) -> Result<ScopeSet, String> {
+        let set = ScopeSet::parse(&raw.replace(',', " ")).map_err(|e| e.to_string())?;
+        if set.is_empty() {
+            return Err("at least one scope is needed".into());
+        }
+        for s in set.iter() {
+            if !self.contains(s.as_str()) {
+                let known: Vec<&str> = self.names().collect();
+                return Err(format!(
+                    "unknown scope {:?} (known: {})",
+                    s.as_str(),
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(set)
+    }
+}
+
 /// Parses scopes a person asked for by name, refusing any Gatehouse does not define.
 pub fn parse_known_scopes(raw: &str) -> Result<ScopeSet, String> {
-    let set = ScopeSet::parse(&raw.replace(',', " ")).map_err(|e| e.to_string())?;
-    if set.is_empty() {
-        return Err("at least one scope is needed".into());
-    }
-    for s in set.iter() {
-        if !BUILTIN_SCOPES.iter().any(|(name, _)| *name == s.as_str()) {
-            let known: Vec<&str> = BUILTIN_SCOPES.iter().map(|(n, _)| *n).collect();
-            return Err(format!(
-                "unknown scope {:?} (known: {})",
-                s.as_str(),
-                known.join(", ")
-            ));
-        }
-    }
-    Ok(set)
+    ScopeCatalog::builtin().parse_known(raw)
 }
 
 #[cfg(test)]
@@ -227,5 +290,16 @@ mod known_tests {
                 .contains("bogus")
         );
         assert!(parse_known_scopes("").is_err());
+    }
+
+    #[test]
+    fn operators_add_scopes_with_words() {
+        let c = ScopeCatalog::with_extra("inventory:read = See the inventory; ci:run=Run builds")
+            .unwrap();
+        assert_eq!(c.describe("inventory:read"), Some("See the inventory"));
+        assert!(c.parse_known("ci:run account:read").is_ok());
+        assert!(ScopeCatalog::with_extra("account:read=again").is_err());
+        assert!(ScopeCatalog::with_extra("nodescription").is_err());
+        assert!(ScopeCatalog::with_extra("bad\"scope=x").is_err());
     }
 }

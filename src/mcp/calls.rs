@@ -197,6 +197,27 @@ impl Call {
             result.is_error(),
             started.elapsed(),
         );
+        if !self.tool.spec().annotations_ref().read_only && !caller.org_id.is_empty() {
+            // Calls that may change something are audited, in the next batch.
+            let outcome = match &result {
+                ToolResult::Complete {
+                    is_error: false, ..
+                } => "ok",
+                ToolResult::Complete { .. } => "error",
+                ToolResult::InputRequired { .. } => "input_required",
+                ToolResult::InvalidRequest(_) => "invalid_request",
+            };
+            state.meter.audit(
+                AuditEntry::new(now, format!("user:{}", caller.user_id), "mcp.tool_call")
+                    .org(caller.org_id.clone())
+                    .target(format!("tool:{}", self.name))
+                    .detail(json!({
+                        "outcome": outcome,
+                        "client_id": caller.client_id,
+                        "credential": caller.kind.as_str(),
+                    })),
+            );
+        }
         let result = match (result, self.era) {
             (ToolResult::InvalidRequest(message), _) => {
                 return RpcError::invalid_params(message).to_message(self.id);

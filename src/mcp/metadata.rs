@@ -4,14 +4,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
-use crate::domain::scope::BUILTIN_SCOPES;
 use crate::state::AppState;
 
 pub const PATH_SUFFIXED: &str = "/.well-known/oauth-protected-resource/mcp";
 pub const ROOT: &str = "/.well-known/oauth-protected-resource";
 
 pub fn document(state: &AppState) -> serde_json::Value {
-    let scopes: Vec<&str> = BUILTIN_SCOPES.iter().map(|(s, _)| *s).collect();
+    let scopes: Vec<&str> = state.config.oauth.scopes.names().collect();
     serde_json::json!({
         "resource": state.resource.as_str(),
         "authorization_servers": [state.config.server.public_url],

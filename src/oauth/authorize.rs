@@ -13,7 +13,6 @@ use super::error::ErrorCode;
 use super::session::{self, Session};
 use crate::crypto::password::verify_password;
 use crate::crypto::{PlainToken, TokenKind, random};
-use crate::domain::scope::BUILTIN_SCOPES;
 use crate::domain::{CodeChallenge, Email, RedirectUri, ResourceUri, ScopeSet};
 use crate::state::AppState;
 use crate::storage::{AuditEntry, ClientRow, CodeRow, ConsentRow, StorageError};
@@ -297,7 +296,7 @@ pub async fn validate(state: &AppState, raw: &str) -> Result<AuthorizeRequest, A
         .map_err(|e| fail(ErrorCode::InvalidScope, &e.to_string()))?;
     // Unknown scopes (Claude has sent scope=claudeai) are dropped, not refused.
     scopes.retain(|s| {
-        s.as_str() == "offline_access" || BUILTIN_SCOPES.iter().any(|(n, _)| *n == s.as_str())
+        s.as_str() == "offline_access" || state.config.oauth.scopes.contains(s.as_str())
     });
     if !scopes.iter().any(|s| s.as_str() != "offline_access") {
         scopes = scopes.union(&state.config.oauth.default_scopes);
@@ -456,10 +455,12 @@ async fn authorize(
         .scopes
         .iter()
         .map(|sc| {
-            let words = BUILTIN_SCOPES
-                .iter()
-                .find(|(n, _)| *n == sc.as_str())
-                .map(|(_, w)| (*w).to_owned())
+            let words = state
+                .config
+                .oauth
+                .scopes
+                .describe(sc.as_str())
+                .map(str::to_owned)
                 .unwrap_or_else(|| {
                     "Stay connected without asking you again (refresh tokens)".into()
                 });

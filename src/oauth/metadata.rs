@@ -6,12 +6,11 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::paths;
-use crate::domain::scope::BUILTIN_SCOPES;
 use crate::state::AppState;
 
 pub fn metadata_document(state: &AppState) -> serde_json::Value {
     let base = &state.config.server.public_url;
-    let mut scopes: Vec<&str> = BUILTIN_SCOPES.iter().map(|(s, _)| *s).collect();
+    let mut scopes: Vec<&str> = state.config.oauth.scopes.names().collect();
     scopes.push("offline_access");
     serde_json::json!({
         "issuer": base,

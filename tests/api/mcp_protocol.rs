@@ -24,6 +24,7 @@ both_backends!(
 );
 
 both_backends!(db:
+    operator_scopes_are_published_and_grantable,
     tools_list_paginates_with_opaque_cursors,
     progress_switches_the_answer_to_sse,
     schema_errors_name_each_field,
@@ -466,6 +467,80 @@ fn call(id: i64, name: &str, args: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": name, "arguments": args } })
 }
 
+async fn operator_scopes_are_published_and_grantable(db: crate::helpers::TestDb) {
+    let (app, _) = spawn(db, |c| {
+        c.oauth.scopes =
+            gatehouse::domain::scope::ScopeCatalog::with_extra("inventory:read=See the inventory")
+                .unwrap();
+    })
+    .await;
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let doc: Value = app
+            .client
+            .get(app.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let scopes = doc["scopes_supported"].as_array().unwrap();
+        assert!(scopes.contains(&json!("inventory:read")), "{path}: {doc}");
+    }
+    // A PAT can carry it (the CLI reads the same setting from the environment).
+    owner_key(&app).await;
+    let out = crate::helpers::cli_env(
+        &app.db,
+        &[
+            "--json",
+            "pat",
+            "create",
+            "--org",
+            "default",
+            "--user",
+            "owner@example.com",
+            "--name",
+            "i",
+            "--scopes",
+            "inventory:read",
+        ],
+        None,
+        &[(
+            "GATEHOUSE__OAUTH__EXTRA_SCOPES",
+            "inventory:read=See the inventory",
+        )],
+    )
+    .await
+    .ok();
+    assert_eq!(out.json()["scopes"], "inventory:read");
+    let refused = cli(
+        &app.db,
+        &[
+            "pat",
+            "create",
+            "--org",
+            "default",
+            "--user",
+            "owner@example.com",
+            "--name",
+            "i",
+            "--scopes",
+            "inventory:read",
+        ],
+        None,
+    )
+    .await
+    .failed();
+    assert!(
+        refused.stderr.contains("inventory:read"),
+        "{}",
+        refused.stderr
+    );
+}
+
 async fn tools_list_paginates_with_opaque_cursors(db: crate::helpers::TestDb) {
     let (app, _) = spawn(db, |c| c.mcp.page_size = 2).await;
     let t = owner_pat(&app, "account:read").await;
@@ -835,4 +910,18 @@ async fn calls_are_metered_in_batches(db: crate::helpers::TestDb) {
         pats[0].last_used_at.is_some(),
         "last use written in the batch"
     );
+    // The write tool's call is audited (read tools are not); no arguments are recorded.
+    let audit = app
+        .store
+        .list_audit(&gatehouse::storage::AuditFilter {
+            org_id: Some(org.id.clone()),
+            action_prefix: Some("mcp.".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].target.as_deref(), Some("tool:make_thing"));
+    let detail = audit[0].detail.clone().unwrap_or_default();
+    assert!(detail.contains("\"outcome\":\"error\""), "{detail}");
 }
