@@ -38,25 +38,10 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SSZ`, or `-` when absent.
 pub fn time(t: Option<i64>) -> String {
-    let Some(t) = t else { return "-".into() };
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    match t {
+        Some(t) => crate::clock::rfc3339(t).replacen('T', " ", 1),
+        None => "-".into(),
+    }
 }
 
 #[cfg(test)]
