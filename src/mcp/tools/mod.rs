@@ -198,6 +198,11 @@ impl ToolSpec {
         self.role
     }
 
+    /// Whether results promise `structuredContent` of a declared shape.
+    pub fn has_output_schema(&self) -> bool {
+        self.output_schema.is_some()
+    }
+
     /// Non-idempotent tools take an optional `idempotency_key`.
     pub fn accepts_idempotency_key(&self) -> bool {
         !self.annotations.read_only && !self.annotations.idempotent
@@ -326,6 +331,26 @@ impl ToolResult {
 
     pub fn is_error(&self) -> bool {
         matches!(self, Self::Complete { is_error: true, .. })
+    }
+
+    /// The `CallToolResult` body of a result of the tool `spec`. A tool with an
+    /// outputSchema promises structuredContent of that shape, and clients built on the
+    /// TypeScript SDK check it even on error results, so the `{ "error": … }` of a
+    /// [`ToolResult::coded_error`] travels in `_meta` under [`ERROR_META`] instead.
+    pub fn to_json_for(&self, spec: &ToolSpec) -> Value {
+        let mut out = self.to_json();
+        if self.is_error()
+            && spec.has_output_schema()
+            && let Some(obj) = out.as_object_mut()
+            && let Some(mut structured) = obj.remove("structuredContent")
+        {
+            let error = structured
+                .get_mut("error")
+                .map(Value::take)
+                .unwrap_or(structured);
+            obj.insert("_meta".into(), json!({ ERROR_META: error }));
+        }
+        out
     }
 
     /// The `CallToolResult` body (without revision-specific fields).
@@ -758,6 +783,9 @@ impl Registry {
 /// The argument name non-idempotent tools accept for safe retries.
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
 
+/// The `_meta` key of a coded error's `{ code, message }` on tools with an outputSchema.
+pub const ERROR_META: &str = "dev.gatehouse/error";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,6 +833,30 @@ mod tests {
         assert!(all.contains("\"s\""), "{all}");
         assert!(all.contains("extra"), "{all}");
         assert!(t.argument_errors(&json!({ "n": 1, "s": "x" })).is_empty());
+    }
+
+    #[test]
+    fn coded_errors_of_tools_with_an_output_schema_travel_in_meta() {
+        let plain = ToolSpec::new("t", "d").unwrap();
+        let shaped = plain
+            .clone()
+            .output_schema(json!({ "type": "object", "required": ["n"] }));
+        let err = ToolResult::coded_error("NOT_FOUND", "no such thing");
+        assert_eq!(
+            err.to_json_for(&plain)["structuredContent"]["error"]["code"],
+            "NOT_FOUND"
+        );
+        let body = err.to_json_for(&shaped);
+        assert_eq!(
+            body,
+            json!({
+                "content": [{ "type": "text", "text": "NOT_FOUND: no such thing" }],
+                "isError": true,
+                "_meta": { "dev.gatehouse/error": { "code": "NOT_FOUND", "message": "no such thing" } },
+            })
+        );
+        let ok = ToolResult::json(json!({ "n": 1 }));
+        assert_eq!(ok.to_json_for(&shaped), ok.to_json());
     }
 
     #[test]
