@@ -8,6 +8,7 @@ mod cli;
 mod health;
 mod mcp;
 mod mcp_protocol;
+mod mcp_tools;
 mod oauth;
 mod oauth_helpers;
 mod storage;

@@ -17,7 +17,8 @@ both_backends!(
     a_suspended_organization_gets_403_everywhere,
 );
 
-async fn rpc(app: &TestApp, token: Option<&str>, body: Value) -> reqwest::Response {
+/// POSTs one JSON-RPC message to `/mcp`, with `token` as the Bearer credential.
+pub(crate) async fn rpc(app: &TestApp, token: Option<&str>, body: Value) -> reqwest::Response {
     let mut req = app
         .client
         .post(app.url("/mcp"))
@@ -29,30 +30,28 @@ async fn rpc(app: &TestApp, token: Option<&str>, body: Value) -> reqwest::Respon
     req.send().await.unwrap()
 }
 
-async fn pat(app: &TestApp, scopes: &str) -> String {
+/// A PAT named `agent` for the owner in `default`, created through the CLI.
+pub(crate) async fn pat(app: &TestApp, scopes: &str) -> String {
+    pat_of(app, "default", "owner@example.com", scopes).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A PAT named `agent` for `user` in `org`, created through the CLI; its `--json` output
+/// (`id`, `token`, `scopes`, …).
+pub(crate) async fn pat_of(app: &TestApp, org: &str, user: &str, scopes: &str) -> Value {
     cli(
         &app.db,
         &[
-            "--json",
-            "pat",
-            "create",
-            "--org",
-            "default",
-            "--user",
-            "owner@example.com",
-            "--name",
-            "agent",
-            "--scopes",
+            "--json", "pat", "create", "--org", org, "--user", user, "--name", "agent", "--scopes",
             scopes,
         ],
         None,
     )
     .await
     .ok()
-    .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    .json()
 }
 
 async fn protected_resource_metadata_is_served_at_both_paths(app: TestApp) {
