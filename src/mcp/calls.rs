@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::auth::{BearerError, Principal};
 use super::dispatch::{Reply, Request, decorate};
 use super::rpc::{self, Era, INSUFFICIENT_SCOPE, MISSING_CAPABILITY, RpcError};
-use super::tools::{IDEMPOTENCY_KEY, Notifier, Tool, ToolContext, ToolResult, ToolSpec};
+use super::tools::{Content, IDEMPOTENCY_KEY, Notifier, Tool, ToolContext, ToolResult, ToolSpec};
 use crate::domain::OrgStatus;
 use crate::storage::{AuditEntry, IdempotencyBegin};
 
@@ -306,6 +306,18 @@ async fn idempotent(
     let result = tool.call(ctx.clone(), args).await;
     // Only a successful result is remembered: a failed call may be retried for real.
     let stored = match &result {
+        ToolResult::Complete { is_error: true, .. } => None,
+        ToolResult::Complete { .. } if tool.spec().has_secret_result() => {
+            serde_json::to_string(&StoredResult {
+                content: vec![Content::text(format!(
+                    "ALREADY_DONE: this request (idempotency_key {key:?}) already ran at {}; its result held a secret that is shown only once, so it is not shown again and nothing was created twice",
+                    crate::clock::rfc3339(now)
+                ))],
+                structured: None,
+                is_error: true,
+            })
+            .ok()
+        }
         ToolResult::Complete {
             content,
             structured,
@@ -313,6 +325,7 @@ async fn idempotent(
         } => serde_json::to_string(&StoredResult {
             content: content.clone(),
             structured: structured.clone(),
+            is_error: false,
         })
         .ok(),
         _ => None,
@@ -331,6 +344,8 @@ async fn idempotent(
 struct StoredResult {
     content: Vec<Value>,
     structured: Option<Value>,
+    #[serde(default)]
+    is_error: bool,
 }
 
 impl StoredResult {
@@ -338,7 +353,7 @@ impl StoredResult {
         ToolResult::Complete {
             content: self.content,
             structured: self.structured,
-            is_error: false,
+            is_error: self.is_error,
         }
     }
 }

@@ -22,6 +22,7 @@ both_backends!(
     connections_are_listed_and_revoking_one_ends_its_tokens,
     usage_stats_covers_the_caller_or_all_members_for_admins,
     members_and_audit_events_need_the_admin_role,
+    a_retried_token_creation_neither_repeats_nor_stores_the_token,
 );
 
 const READ_WRITE: &str = "account:read account:write";
@@ -777,4 +778,47 @@ async fn members_and_audit_events_need_the_admin_role(app: TestApp) {
     assert_eq!(added[0]["target"], format!("user:{bob_id}"));
     let code = code_of(&call(&app, &owner, "list_audit_events", json!({ "limit": 201 })).await);
     assert_eq!(code, "INVALID_ARGUMENTS");
+}
+
+async fn a_retried_token_creation_neither_repeats_nor_stores_the_token(app: TestApp) {
+    owner_key(&app).await;
+    let owner = pat(&app, READ_WRITE).await;
+    let args = json!({ "name": "retry", "idempotency_key": "create-1" });
+    let first = call(&app, &owner, "create_access_token", args.clone()).await;
+    let token = first["structuredContent"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let again = call(&app, &owner, "create_access_token", args).await;
+    assert_eq!(again["isError"], true, "{again}");
+    let text = again["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("ALREADY_DONE"), "{text}");
+    assert!(!text.contains(&token), "the secret is never replayed");
+    // One token was made, and the idempotency record holds no trace of it.
+    let listed = call(&app, &owner, "list_access_tokens", json!({})).await;
+    let names: Vec<&str> = listed["structuredContent"]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .filter(|n| *n == "retry")
+        .collect();
+    assert_eq!(names.len(), 1);
+    let secret = &token["gth_pat_".len()..];
+    let stored: Vec<String> = match &app.store {
+        gatehouse::storage::Store::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT COALESCE(result, '') FROM idempotency_keys")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        }
+        gatehouse::storage::Store::Postgres(pool) => {
+            sqlx::query_scalar("SELECT COALESCE(result, '') FROM idempotency_keys")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains(secret), "{}", stored[0]);
 }

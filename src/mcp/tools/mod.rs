@@ -117,6 +117,7 @@ pub struct ToolSpec {
     scopes: ScopeSet,
     role: Option<Role>,
     client_capabilities: Vec<String>,
+    returns_secret: bool,
 }
 
 impl ToolSpec {
@@ -132,6 +133,7 @@ impl ToolSpec {
             scopes: ScopeSet::default(),
             role: None,
             client_capabilities: Vec::new(),
+            returns_secret: false,
         })
     }
 
@@ -176,6 +178,18 @@ impl ToolSpec {
     pub fn requires_client_capability(mut self, capability: &str) -> Self {
         self.client_capabilities.push(capability.to_owned());
         self
+    }
+
+    /// The result carries a secret shown once (a new token). An idempotent retry then
+    /// gets a note that the call already ran, never the stored secret: results are kept
+    /// for 24 hours and secrets are only ever stored as digests.
+    pub fn returns_secret(mut self) -> Self {
+        self.returns_secret = true;
+        self
+    }
+
+    pub fn has_secret_result(&self) -> bool {
+        self.returns_secret
     }
 
     pub fn required_client_capabilities(&self) -> &[String] {

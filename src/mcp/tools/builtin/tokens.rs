@@ -116,6 +116,7 @@ pub(super) fn create_access_token() -> Built {
     .title("Create an access token")
     .scopes(&["account:write"])?
     .annotations(Annotations::ADDITIVE)
+    .returns_secret()
     .input_schema(object(
         json!({
             "name": {
