@@ -109,6 +109,7 @@ impl App {
                 "anonymous access is on: /mcp requests without a token act with these scopes (mcp.anonymous_scopes)"
             );
         }
+        let feed = tokio::spawn(follow_credential_changes(self.state.clone()));
         let (stop_writer, stopped) = tokio::sync::oneshot::channel();
         let writer = tokio::spawn(background_writer(
             self.state.clone(),
@@ -125,6 +126,7 @@ impl App {
         .map_err(AppError::Serve)?;
         // The writer finishes its batch, then writes what the last requests metered,
         // before the pool closes.
+        feed.abort();
         let _ = stop_writer.send(());
         let _ = writer.await;
         if let Err(e) = meter.flush(&store).await {
@@ -135,8 +137,32 @@ impl App {
     }
 }
 
+/// Keeps the bearer-token cache in step with revocations and organization changes made
+/// by any instance (or the CLI): a few reads a second, so that a cached token never
+/// outlives its revocation by more than a second.
+async fn follow_credential_changes(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match state.token_cache.sync(&state.store).await {
+            Ok(_) if failing => {
+                tracing::info!("credential change feed is back; cached tokens trusted again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "credential change feed unavailable; cached tokens are re-checked one by one");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Writes metering, last-used times and audit rows every `interval`, and drops
-/// expired idempotency keys about once an hour.
+/// expired idempotency keys and old credential changes about once an hour.
 async fn background_writer(
     state: AppState,
     interval: std::time::Duration,
@@ -161,6 +187,9 @@ async fn background_writer(
                 Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+            }
+            if let Err(e) = state.store.purge_credential_changes(3600).await {
+                tracing::warn!(error = %e, "could not purge old credential changes");
             }
         }
     }

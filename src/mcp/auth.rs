@@ -2,7 +2,7 @@
 //! and personal access tokens. Verified tokens are cached by digest; a cached entry is
 //! re-checked against revocations at most a second after its last check.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use crate::crypto::jwt;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
 use crate::domain::{OrgStatus, Role, ScopeSet};
 use crate::state::AppState;
+use crate::storage::{CredentialChange, StorageError, Store};
 
 const CACHE_ENTRIES: usize = 10_000;
 const RECHECK: Duration = Duration::from_secs(1);
@@ -93,8 +94,130 @@ struct Cached {
 
 /// Verified tokens by the SHA-256 of the token. Bounded: when full, expired entries
 /// go first, then everything (the next request per token pays one verification).
+///
+/// Entries are kept true by following `credential_changes` (a table the database's
+/// triggers fill on every revocation and every organization or membership change): a
+/// background task reads it a few times a second and drops the entries it affects.
+/// While that feed is current (its last successful read began less than a second ago),
+/// a cached token needs no query at all; when it is not (the database is unreachable),
+/// each cached token is re-checked by itself at most a second after its last check.
 #[derive(Default)]
-pub struct TokenCache(Mutex<HashMap<String, Cached>>);
+pub struct TokenCache {
+    entries: Mutex<HashMap<String, Cached>>,
+    feed: Mutex<Feed>,
+}
+
+#[derive(Default)]
+struct Feed {
+    /// The highest change id applied.
+    last_id: i64,
+    /// When the last successful read began.
+    synced: Option<Instant>,
+    /// Ids applied within the look-back window (ids may commit out of order on
+    /// PostgreSQL, so the window is read again and these are skipped).
+    applied: BTreeSet<i64>,
+    /// The changes applied most recently, for entries verified while a read ran.
+    recent: VecDeque<CredentialChange>,
+}
+
+/// How far back each read looks for changes that committed out of id order.
+const LOOKBACK: i64 = 1000;
+const RECENT: usize = 10_000;
+
+impl TokenCache {
+    fn feed_is_current(&self) -> bool {
+        self.feed
+            .lock()
+            .ok()
+            .and_then(|f| f.synced)
+            .is_some_and(|t| t.elapsed() < RECHECK)
+    }
+
+    fn feed_mark(&self) -> i64 {
+        self.feed.lock().map(|f| f.last_id).unwrap_or(i64::MAX)
+    }
+
+    /// Whether a change applied after `mark` concerns this entry.
+    fn changed_since(&self, mark: i64, entry: &Cached) -> bool {
+        let Ok(f) = self.feed.lock() else {
+            return true;
+        };
+        f.recent
+            .iter()
+            .filter(|c| c.id > mark)
+            .any(|c| affects(c, entry))
+    }
+
+    /// Reads new changes and drops the cache entries they make stale.
+    pub async fn sync(&self, store: &Store) -> Result<usize, StorageError> {
+        let started = Instant::now();
+        let mut applied = 0;
+        loop {
+            let after = self.feed.lock().map(|f| f.last_id).unwrap_or(0);
+            if after == 0 && self.feed.lock().is_ok_and(|f| f.synced.is_none()) {
+                // First read: history is irrelevant to an empty cache.
+                let latest = store.latest_credential_change().await?;
+                if let Ok(mut f) = self.feed.lock() {
+                    f.last_id = latest;
+                }
+            }
+            let after = self.feed.lock().map(|f| f.last_id).unwrap_or(0);
+            let changes = store
+                .credential_changes_after((after - LOOKBACK).max(0), 5000)
+                .await?;
+            let full = changes.len() == 5000;
+            let fresh: Vec<CredentialChange> = match self.feed.lock() {
+                Ok(mut f) => {
+                    let fresh: Vec<CredentialChange> = changes
+                        .into_iter()
+                        .filter(|c| !f.applied.contains(&c.id) && c.id > after - LOOKBACK)
+                        .collect();
+                    for c in &fresh {
+                        f.applied.insert(c.id);
+                        f.last_id = f.last_id.max(c.id);
+                        f.recent.push_back(c.clone());
+                    }
+                    let floor = f.last_id - LOOKBACK;
+                    f.applied = f.applied.split_off(&floor);
+                    while f.recent.len() > RECENT {
+                        f.recent.pop_front();
+                    }
+                    fresh
+                }
+                Err(_) => Vec::new(),
+            };
+            if !fresh.is_empty()
+                && let Ok(mut entries) = self.entries.lock()
+            {
+                entries.retain(|_, e| !fresh.iter().any(|c| affects(c, e)));
+            }
+            applied += fresh.len();
+            if !full {
+                break;
+            }
+        }
+        if let Ok(mut f) = self.feed.lock() {
+            f.synced = Some(started);
+        }
+        Ok(applied)
+    }
+}
+
+fn affects(change: &CredentialChange, entry: &Cached) -> bool {
+    let p = &entry.principal;
+    match change.kind.as_str() {
+        "jti" | "pat" => entry
+            .revocation_key
+            .split_once(':')
+            .is_some_and(|(_, d)| d == change.key),
+        "org" => p.org_id == change.key,
+        "member" => change
+            .key
+            .split_once(' ')
+            .is_some_and(|(o, u)| o == p.org_id && u == p.user_id),
+        _ => true,
+    }
+}
 
 pub enum BearerError {
     Missing,
@@ -209,7 +332,7 @@ pub async fn authenticate(
     };
     let digest = HashedToken::of(token).as_str().to_owned();
     let now = state.clock.now();
-    let cached = state.token_cache.0.lock().ok().and_then(|c| {
+    let cached = state.token_cache.entries.lock().ok().and_then(|c| {
         c.get(&digest).map(|e| {
             (
                 e.principal.clone(),
@@ -223,13 +346,13 @@ pub async fn authenticate(
             forget(state, &digest);
             return Err(BearerError::Invalid("token expired"));
         }
-        if fresh {
+        if fresh || state.token_cache.feed_is_current() {
             return Ok(Some(principal));
         }
         let rechecked = recheck(state, &revocation_key, &principal, now).await;
         return match rechecked {
             Ok(principal) => {
-                if let Ok(mut c) = state.token_cache.0.lock()
+                if let Ok(mut c) = state.token_cache.entries.lock()
                     && let Some(e) = c.get_mut(&digest)
                 {
                     e.checked = Instant::now();
@@ -245,30 +368,33 @@ pub async fn authenticate(
             }
         };
     }
+    let mark = state.token_cache.feed_mark();
     let (mut principal, revocation_key) = verify(state, token, now).await?;
     principal.standing = standing(state, &principal.org_id, &principal.user_id).await?;
     let principal = Arc::new(principal);
-    if let Ok(mut c) = state.token_cache.0.lock() {
+    if let Ok(mut c) = state.token_cache.entries.lock() {
         if c.len() >= CACHE_ENTRIES {
             c.retain(|_, e| e.principal.expires_at.is_none_or(|exp| exp > now));
             if c.len() >= CACHE_ENTRIES {
                 c.clear();
             }
         }
-        c.insert(
-            digest,
-            Cached {
-                principal: principal.clone(),
-                revocation_key,
-                checked: Instant::now(),
-            },
-        );
+        let entry = Cached {
+            principal: principal.clone(),
+            revocation_key,
+            checked: Instant::now(),
+        };
+        // A change the feed applied while this token was being verified could not
+        // drop an entry that did not exist yet: such an entry is not kept.
+        if !state.token_cache.changed_since(mark, &entry) {
+            c.insert(digest, entry);
+        }
     }
     Ok(Some(principal))
 }
 
 fn forget(state: &AppState, digest: &str) {
-    if let Ok(mut c) = state.token_cache.0.lock() {
+    if let Ok(mut c) = state.token_cache.entries.lock() {
         c.remove(digest);
     }
 }

@@ -51,7 +51,13 @@ struct Pending {
 #[derive(Default)]
 pub struct Meter {
     pending: Mutex<Pending>,
+    /// Calls per (organization, day) taken by a flush that has not finished yet: counted
+    /// for quotas until the database's count is read again after the write.
+    inflight: Mutex<HashMap<(String, i64), i64>>,
     quota: Mutex<HashMap<String, QuotaDay>>,
+    /// Bumped after every write, so that a count read from the database while a write
+    /// was under way is not cached.
+    writes: std::sync::atomic::AtomicU64,
 }
 
 /// What one flush wrote.
@@ -116,12 +122,19 @@ impl Meter {
         now: i64,
     ) -> Result<i64, StorageError> {
         let day = now.div_euclid(DAY);
+        let key = (org_id.to_owned(), day);
+        // Pending, then in flight: the same lock order as `flush`, so a call moving from
+        // one to the other is counted exactly once.
         let unwritten = |m: &Self| {
-            m.pending
+            let Ok(p) = m.pending.lock() else { return 0 };
+            let pending = p.unwritten.get(&key).copied().unwrap_or(0);
+            let inflight = m
+                .inflight
                 .lock()
                 .ok()
-                .and_then(|p| p.unwritten.get(&(org_id.to_owned(), day)).copied())
-                .unwrap_or(0)
+                .and_then(|f| f.get(&key).copied())
+                .unwrap_or(0);
+            pending + inflight
         };
         let cached = self.quota.lock().ok().and_then(|q| {
             q.get(org_id)
@@ -131,8 +144,10 @@ impl Meter {
         if let Some(base) = cached {
             return Ok(base + unwritten(self));
         }
+        let writes = self.writes.load(std::sync::atomic::Ordering::SeqCst);
         let base = store.tool_calls_on_day(org_id, day).await?;
-        if let Ok(mut q) = self.quota.lock() {
+        let unchanged = writes == self.writes.load(std::sync::atomic::Ordering::SeqCst);
+        if unchanged && let Ok(mut q) = self.quota.lock() {
             q.insert(
                 org_id.to_owned(),
                 QuotaDay {
@@ -148,34 +163,37 @@ impl Meter {
     /// Writes everything pending. On failure the batch is put back for the next try.
     pub async fn flush(&self, store: &Store) -> Result<Flushed, StorageError> {
         let taken = match self.pending.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
+            Ok(mut p) => {
+                let taken = std::mem::take(&mut *p);
+                if let Ok(mut f) = self.inflight.lock() {
+                    for (k, n) in &taken.unwritten {
+                        *f.entry(k.clone()).or_default() += n;
+                    }
+                }
+                taken
+            }
             Err(_) => return Ok(Flushed::default()),
         };
         let mut written = Written::default();
-        match write(store, &taken, &mut written).await {
-            Ok(done) => {
-                // What was unwritten is now in the database's count.
-                if let Ok(mut q) = self.quota.lock() {
-                    for ((org, day), n) in &taken.unwritten {
-                        if let Some(d) = q.get_mut(org).filter(|d| d.day == *day) {
-                            d.base += n;
-                        }
-                    }
-                }
-                Ok(done)
-            }
+        let result = write(store, &taken, &mut written).await;
+        if written.usage {
+            self.written(&taken.unwritten);
+        }
+        match result {
+            Ok(done) => Ok(done),
             Err(e) => {
                 // Only what did not reach the database goes back, so nothing is counted twice.
                 let mut rest = taken;
                 if written.usage {
-                    for ((org, day), n) in std::mem::take(&mut rest.unwritten) {
-                        if let Ok(mut q) = self.quota.lock()
-                            && let Some(d) = q.get_mut(&org).filter(|d| d.day == day)
-                        {
-                            d.base += n;
+                    rest.unwritten.clear();
+                    rest.usage.clear();
+                } else if let Ok(mut f) = self.inflight.lock() {
+                    for (k, n) in &rest.unwritten {
+                        if let Some(v) = f.get_mut(k) {
+                            *v -= n;
                         }
                     }
-                    rest.usage.clear();
+                    f.retain(|_, v| *v > 0);
                 }
                 if written.last_used {
                     rest.pats.clear();
@@ -184,6 +202,26 @@ impl Meter {
                 self.put_back(rest);
                 Err(e)
             }
+        }
+    }
+
+    /// These calls are now in the database's count: the cached counts are read again
+    /// (before the calls leave `inflight`, so they are never missing from a count).
+    fn written(&self, calls: &HashMap<(String, i64), i64>) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut q) = self.quota.lock() {
+            for (org, _) in calls.keys() {
+                q.remove(org);
+            }
+        }
+        if let Ok(mut f) = self.inflight.lock() {
+            for (k, n) in calls {
+                if let Some(v) = f.get_mut(k) {
+                    *v -= n;
+                }
+            }
+            f.retain(|_, v| *v > 0);
         }
     }
 

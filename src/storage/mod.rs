@@ -27,7 +27,7 @@ use crate::config::DatabaseConfig;
 pub use audit::{AuditEntry, AuditFilter};
 pub use mcp::{ConnectionRow, IdempotencyBegin, UsageRecord, UsageRow};
 pub use records::*;
-pub use standing::StandingRow;
+pub use standing::{CredentialChange, StandingRow};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");

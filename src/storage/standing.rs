@@ -29,3 +29,61 @@ impl Store {
         .await?))
     }
 }
+
+/// One row of `credential_changes`: something that can make cached tokens invalid.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CredentialChange {
+    pub id: i64,
+    /// `jti` (an access token's digest), `pat` (a PAT's digest), `org` (an organization
+    /// id) or `member` (`<org id> <user id>`).
+    pub kind: String,
+    pub key: String,
+}
+
+impl Store {
+    /// Changes with an id above `after`, oldest first, at most `limit`.
+    pub async fn credential_changes_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<CredentialChange>, StorageError> {
+        const SQL: &str =
+            "SELECT id, kind, key FROM credential_changes WHERE id > $1 ORDER BY id LIMIT $2";
+        Ok(with_pool!(self, |pool| {
+            sqlx::query_as::<_, CredentialChange>(SQL)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// The newest change id (0 when there is none).
+    pub async fn latest_credential_change(&self) -> Result<i64, StorageError> {
+        const SQL: &str = "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM credential_changes";
+        Ok(with_pool!(self, |pool| sqlx::query_scalar::<_, i64>(SQL)
+            .fetch_one(pool)
+            .await?))
+    }
+
+    /// Drops changes older than `max_age_secs` by the database's own clock.
+    pub async fn purge_credential_changes(&self, max_age_secs: i64) -> Result<u64, StorageError> {
+        let done = match self {
+            Store::Postgres(pool) => sqlx::query(
+                "DELETE FROM credential_changes WHERE created_at < EXTRACT(EPOCH FROM now())::BIGINT - $1",
+            )
+            .bind(max_age_secs)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Store::Sqlite(pool) => sqlx::query(
+                "DELETE FROM credential_changes WHERE created_at < CAST(strftime('%s', 'now') AS INTEGER) - $1",
+            )
+            .bind(max_age_secs)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(done)
+    }
+}

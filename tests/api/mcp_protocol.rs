@@ -24,6 +24,7 @@ both_backends!(
 );
 
 both_backends!(db:
+    changes_made_elsewhere_reach_cached_tokens_within_a_second,
     operator_scopes_are_published_and_grantable,
     tools_list_paginates_with_opaque_cursors,
     progress_switches_the_answer_to_sse,
@@ -465,6 +466,56 @@ async fn spawn(
 
 fn call(id: i64, name: &str, args: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": name, "arguments": args } })
+}
+
+/// Runs SQL as another instance (or a database administrator) would: behind the app's back.
+async fn sql(app: &TestApp, statement: &str) {
+    match &app.store {
+        gatehouse::storage::Store::Sqlite(pool) => {
+            sqlx::query(statement).execute(pool).await.unwrap();
+        }
+        gatehouse::storage::Store::Postgres(pool) => {
+            sqlx::query(statement).execute(pool).await.unwrap();
+        }
+    }
+}
+
+async fn changes_made_elsewhere_reach_cached_tokens_within_a_second(db: crate::helpers::TestDb) {
+    let (app, _) = spawn(db, |_| {}).await;
+    let owner = owner_pat(&app, "account:read").await;
+    let other = pat_for(&app, "owner@example.com", "account:read").await;
+    let ok = |b: &Value| b["result"]["content"][0]["text"] == "admin things";
+    for t in [&owner, &other] {
+        let (_, _, body) = post(&app, Some(t), &[], call(1, "admin_only", json!({}))).await;
+        assert!(ok(&body), "{body}");
+    }
+    // A role change made directly in the database: the cached owner is re-read.
+    sql(&app, "UPDATE memberships SET role = 'member'").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, _, body) = post(&app, Some(&owner), &[], call(2, "admin_only", json!({}))).await;
+    assert_eq!(
+        body["result"]["structuredContent"]["error"]["code"], "ROLE_REQUIRED",
+        "{body}"
+    );
+    // A revocation made directly in the database: refused, while the other token is not.
+    let digest = gatehouse::crypto::HashedToken::of(&owner)
+        .as_str()
+        .to_owned();
+    sql(
+        &app,
+        &format!("UPDATE personal_access_tokens SET revoked_at = 1 WHERE token_hash = '{digest}'"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, _, _) = post(&app, Some(&owner), &[], call(3, "echo", json!({}))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = post(&app, Some(&other), &[], call(4, "echo", json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    // Suspending the organization: 403 for every cached token.
+    sql(&app, "UPDATE organizations SET status = 'suspended'").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, _, _) = post(&app, Some(&other), &[], call(5, "echo", json!({}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 async fn operator_scopes_are_published_and_grantable(db: crate::helpers::TestDb) {
