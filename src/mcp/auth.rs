@@ -228,17 +228,14 @@ pub enum BearerError {
     Unavailable,
 }
 
+/// The 401 challenge. `scope` names what a client should ask for to get going: the
+/// scopes granted by default (the minimal useful set, as MCP's scope selection advises).
 fn challenge(state: &AppState, extra: &str) -> HeaderValue {
-    let scopes: Vec<&str> = crate::domain::scope::BUILTIN_SCOPES
-        .iter()
-        .take(2)
-        .map(|(s, _)| *s)
-        .collect();
     let value = format!(
         "Bearer resource_metadata=\"{}{}\", scope=\"{}\"{extra}",
         state.config.server.public_url,
         super::metadata::PATH_SUFFIXED,
-        scopes.join(" ")
+        state.config.oauth.default_scopes
     );
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }

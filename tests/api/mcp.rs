@@ -89,20 +89,24 @@ async fn missing_and_bad_tokens_get_401_with_the_challenge(app: TestApp) {
         res.headers()["www-authenticate"],
         format!("Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\", scope=\"account:read account:write\"", app.addr).as_str()
     );
-    for bad in [
-        "nonsense",
-        "gth_pat_000000000000000000000000000000000000",
-        "a.b.c",
+    for (bad, why) in [
+        ("nonsense", "invalid token"),
+        (
+            "gth_pat_000000000000000000000000000000000000",
+            "malformed token",
+        ),
+        ("a.b.c", "invalid token"),
     ] {
         let res = rpc(&app, Some(bad), init.clone()).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{bad}");
-        let h = res.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            h.contains("error=\"invalid_token\"") && h.contains("resource_metadata="),
-            "{h}"
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            format!(
+                "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\", scope=\"account:read account:write\", error=\"invalid_token\", error_description=\"{why}\"",
+                app.addr
+            )
+            .as_str(),
+            "{bad}"
         );
     }
 }
@@ -171,10 +175,15 @@ async fn pat_agent_can_call_tools_and_scope_gaps_are_403(app: TestApp) {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(
-        h.contains("error=\"insufficient_scope\"") && h.contains("scope=\"account:read\""),
-        "{h}"
+    assert_eq!(
+        h,
+        format!(
+            "Bearer error=\"insufficient_scope\", scope=\"account:read\", resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\", error_description=\"this tool needs more permissions\"",
+            app.addr
+        )
     );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["id"], 1, "the refusal answers the request: {body}");
 }
 
 async fn revoked_tokens_are_refused_within_a_second(app: TestApp) {
