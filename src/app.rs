@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::mcp::tools::Registry;
 use crate::routes;
 use crate::state::AppState;
-use crate::storage::{StorageError, Store};
+use crate::storage::{JobKey, StorageError, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -32,6 +32,8 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     addr: SocketAddr,
+    /// The separate `/metrics` listener (`metrics.bind`), when configured.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
 }
 
 impl App {
@@ -69,11 +71,22 @@ impl App {
         listener: TcpListener,
     ) -> Result<Self, AppError> {
         let addr = listener.local_addr().map_err(AppError::Serve)?;
+        let metrics_listener = match config.metrics.bind.filter(|_| config.metrics.enabled) {
+            Some(bind) => {
+                let l = TcpListener::bind(bind)
+                    .await
+                    .map_err(|source| AppError::Bind { addr: bind, source })?;
+                let a = l.local_addr().map_err(AppError::Serve)?;
+                Some((l, a))
+            }
+            None => None,
+        };
         let state = AppState::load(store, config, clock).await?;
         Ok(Self {
             listener,
             state,
             addr,
+            metrics_listener,
         })
     }
 
@@ -83,6 +96,11 @@ impl App {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when `metrics.bind` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, a)| *a)
     }
 
     pub fn state(&self) -> &AppState {
@@ -103,6 +121,11 @@ impl App {
     ) -> Result<(), AppError> {
         let store = self.state.store.clone();
         let meter = self.state.meter.clone();
+        if self.state.config.keys.kek.is_development() {
+            tracing::warn!(
+                "no key-encryption key is set (keys.encryption_key): the signing keys are sealed with the public development key, which protects nothing; production mode refuses this"
+            );
+        }
         if let Some(scopes) = &self.state.config.mcp.anonymous_scopes {
             tracing::warn!(
                 scopes = %scopes,
@@ -116,6 +139,23 @@ impl App {
             self.state.config.mcp.flush_interval,
             stopped,
         ));
+        // The registry is final now (`with_registry` may have replaced it).
+        self.state
+            .metrics
+            .mcp
+            .export_tools(self.state.tools.tool_stats());
+        let metrics_server = self.metrics_listener.map(|(listener, _)| {
+            let router = routes::metrics_router(self.state.clone());
+            tokio::spawn(async move {
+                let serve = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                );
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            })
+        });
         let router = routes::router(self.state);
         axum::serve(
             self.listener,
@@ -127,6 +167,9 @@ impl App {
         // The writer finishes its batch, then writes what the last requests metered,
         // before the pool closes.
         feed.abort();
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
         let _ = stop_writer.send(());
         let _ = writer.await;
         if let Err(e) = meter.flush(&store).await {
@@ -144,8 +187,16 @@ async fn follow_credential_changes(state: AppState) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
+        // Every 30 s: a key rotated by the CLI or another instance starts signing here.
+        if ticks % 120 == 0
+            && let Err(e) = state.keys.reload(&state.store).await
+        {
+            tracing::warn!(error = %e, "could not reload signing keys");
+        }
         match state.token_cache.sync(&state.store).await {
             Ok(_) if failing => {
                 tracing::info!("credential change feed is back; cached tokens trusted again");
@@ -181,17 +232,46 @@ async fn background_writer(
         if let Err(e) = state.meter.flush(&state.store).await {
             tracing::warn!(error = %e, "metering batch not written; will retry");
         }
-        if ticks % purge_every == 0 {
-            let before = state.clock.now() - 24 * 3600;
-            match state.store.purge_idempotency(before).await {
-                Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
-            }
-            if let Err(e) = state.store.purge_credential_changes(3600).await {
-                tracing::warn!(error = %e, "could not purge old credential changes");
+        if let Some(rate) = state.config.limits.mcp_per_credential
+            && let Err(e) = state
+                .mcp_limits
+                .sync(&state.store, rate, state.clock.now())
+                .await
+        {
+            tracing::warn!(error = %e, "/mcp rate counters not shared; will retry");
+        }
+        // Housekeeping: on the first tick (so a restart catches up), then hourly, by one
+        // instance at a time (the others skip the round).
+        if ticks == 1 || ticks % purge_every == 0 {
+            match state.store.try_job_lock(JobKey::Housekeeping).await {
+                Ok(Some(_held)) => housekeeping(&state).await,
+                Ok(None) => tracing::debug!("housekeeping is running on another instance"),
+                Err(e) => tracing::warn!(error = %e, "could not claim housekeeping"),
             }
         }
+    }
+}
+
+/// Deletes what has expired or gone unused: idempotency keys, old credential changes
+/// and rate counters, and registered clients that never got a token or went idle.
+async fn housekeeping(state: &AppState) {
+    match crate::oauth::clients::collect_unused(state).await {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "unused registered clients deleted"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not collect unused clients"),
+    }
+    let before = state.clock.now() - 24 * 3600;
+    match state.store.purge_idempotency(before).await {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys"),
+    }
+    if let Err(e) = state.store.purge_credential_changes(3600).await {
+        tracing::warn!(error = %e, "could not purge old credential changes");
+    }
+    // Two days: the longest limit window is one, and its predecessor still counts.
+    if let Err(e) = state.store.purge_rate_counters(before - 24 * 3600).await {
+        tracing::warn!(error = %e, "could not purge old rate counters");
     }
 }
 

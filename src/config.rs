@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::crypto::keys::Kek;
 use crate::domain::Email;
+use crate::limits::{Rate, TrustedProxies};
 
 pub const ENV_PREFIX: &str = "GATEHOUSE__";
 
@@ -57,7 +59,59 @@ struct RawConfig {
     bootstrap: RawBootstrap,
     oauth: RawOAuth,
     mcp: RawMcp,
+    metrics: RawMetrics,
+    limits: RawLimits,
+    keys: RawKeys,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeys {
+    encryption_key: String,
+    encryption_key_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    register: String,
+    sign_in_per_address: String,
+    sign_in_per_account: String,
+    client_auth_per_client: String,
+    client_auth_per_address: String,
+    mcp_per_credential: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            register: "100/hour".into(),
+            sign_in_per_address: "20/15m".into(),
+            sign_in_per_account: "10/15m".into(),
+            client_auth_per_client: "10/10m".into(),
+            client_auth_per_address: "50/10m".into(),
+            mcp_per_credential: "1200/minute".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    enabled: String,
+    bind: String,
+    token: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            enabled: "true".into(),
+            bind: String::new(),
+            token: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +124,8 @@ struct RawMcp {
     page_size: u64,
     #[serde(deserialize_with = "lenient")]
     flush_interval_ms: u64,
+    #[serde(deserialize_with = "lenient")]
+    token_cache_entries: u64,
 }
 
 impl Default for RawMcp {
@@ -80,6 +136,7 @@ impl Default for RawMcp {
             anonymous_scopes: String::new(),
             page_size: 100,
             flush_interval_ms: 1000,
+            token_cache_entries: 50_000,
         }
     }
 }
@@ -92,6 +149,10 @@ struct RawOAuth {
     cors_origins: String,
     always_issue_refresh_token: String,
     cimd_allow_private_addresses: String,
+    #[serde(deserialize_with = "lenient")]
+    unused_client_ttl_secs: u64,
+    #[serde(deserialize_with = "lenient")]
+    idle_client_ttl_secs: u64,
 }
 
 impl Default for RawOAuth {
@@ -102,6 +163,8 @@ impl Default for RawOAuth {
             cors_origins: "https://claude.ai https://claude.com".into(),
             always_issue_refresh_token: "true".into(),
             cimd_allow_private_addresses: "false".into(),
+            unused_client_ttl_secs: 24 * 3600,
+            idle_client_ttl_secs: 90 * 24 * 3600,
         }
     }
 }
@@ -116,6 +179,7 @@ struct RawServer {
     request_timeout_secs: u64,
     #[serde(deserialize_with = "lenient")]
     max_body_bytes: u64,
+    trusted_proxies: String,
 }
 
 impl Default for RawServer {
@@ -126,6 +190,7 @@ impl Default for RawServer {
             mode: "development".into(),
             request_timeout_secs: 30,
             max_body_bytes: 1024 * 1024,
+            trusted_proxies: String::new(),
         }
     }
 }
@@ -138,6 +203,8 @@ struct RawDatabase {
     max_connections: u32,
     #[serde(deserialize_with = "lenient")]
     connect_timeout_secs: u64,
+    #[serde(deserialize_with = "lenient")]
+    acquire_timeout_ms: u64,
 }
 
 impl Default for RawDatabase {
@@ -146,6 +213,7 @@ impl Default for RawDatabase {
             url: "sqlite://gatehouse.db".into(),
             max_connections: 10,
             connect_timeout_secs: 5,
+            acquire_timeout_ms: 2000,
         }
     }
 }
@@ -249,7 +317,66 @@ pub struct Config {
     pub bootstrap: BootstrapConfig,
     pub oauth: OAuthConfig,
     pub mcp: McpConfig,
+    pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
+    pub keys: KeysConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    /// Seals the signing private keys and the cookie secret in the database. The
+    /// development default is public and protects nothing; production mode refuses it.
+    pub kek: Kek,
+}
+
+/// Abuse limits (`None` is off). Failed attempts count against the sign-in and client
+/// limits; successful ones do not.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// New clients registered from one address.
+    pub register: Option<Rate>,
+    /// Failed sign-ins from one address, whatever the account.
+    pub sign_in_per_address: Option<Rate>,
+    /// Failed sign-ins to one account: progressive delay past a third, lock-out at the limit.
+    pub sign_in_per_account: Option<Rate>,
+    /// Failed client authentications for one client id.
+    pub client_auth_per_client: Option<Rate>,
+    /// Failed client authentications from one address, whatever the client.
+    pub client_auth_per_address: Option<Rate>,
+    /// `/mcp` requests per token.
+    pub mcp_per_credential: Option<Rate>,
+}
+
+/// Who may read `GET /metrics`, and where.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// A separate listener for `/metrics`; when set, the main listener has no `/metrics`.
+    pub bind: Option<SocketAddr>,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>` (from any address).
+    /// When not, it answers only loopback peers that show no sign of a proxy in between.
+    pub token: Option<Secret>,
+}
+
+/// A string that `Debug` does not print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -266,6 +393,9 @@ pub struct McpConfig {
     pub page_size: usize,
     /// How often metering, last-used times and audit rows are written.
     pub flush_interval: Duration,
+    /// How many verified bearer tokens `/mcp` keeps (each a few hundred bytes); past it,
+    /// a tenth is dropped and those tokens pay one verification again.
+    pub token_cache_entries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +411,12 @@ pub struct OAuthConfig {
     /// Lets Client ID Metadata Documents come from private or loopback addresses over
     /// plain http. For tests and closed networks only: it disables the SSRF guard.
     pub cimd_allow_private_addresses: bool,
+    /// Dynamically registered clients that never obtained a token are deleted this long
+    /// after registering (`None`: kept).
+    pub unused_client_ttl_secs: Option<i64>,
+    /// Dynamically registered clients are deleted (with anything still issued to them)
+    /// this long after their last token (`None`: kept).
+    pub idle_client_ttl_secs: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -292,13 +428,19 @@ pub struct ServerConfig {
     pub mode: Mode,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Peers whose forwarding headers are believed (see [`crate::limits::client_address`]).
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
+    /// How long start-up waits for the database to answer.
     pub connect_timeout: Duration,
+    /// How long a request waits for a connection before it is answered 503: short, so
+    /// that requests fail fast while the database is down instead of piling up.
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -527,6 +669,26 @@ impl Config {
             ));
         }
 
+        let optional_secs = |key: &str, v: u64| -> Result<Option<i64>, ConfigError> {
+            if v == 0 {
+                Ok(None)
+            } else {
+                secs(key, v).map(Some)
+            }
+        };
+        let unused_client_ttl_secs = optional_secs(
+            "oauth.unused_client_ttl_secs",
+            raw.oauth.unused_client_ttl_secs,
+        )?;
+        let idle_client_ttl_secs =
+            optional_secs("oauth.idle_client_ttl_secs", raw.oauth.idle_client_ttl_secs)?;
+        if idle_client_ttl_secs.is_some_and(|idle| idle < tokens.refresh_ttl_secs) {
+            return Err(o.error(
+                "oauth.idle_client_ttl_secs",
+                "must be at least tokens.refresh_ttl_secs (or 0 for never), or clients would be deleted under live refresh tokens",
+            ));
+        }
+
         let origin_list = |key: &str, raw: &str| -> Result<Vec<String>, ConfigError> {
             let mut out = Vec::new();
             for origin in raw.split([' ', ',']).filter(|s| !s.is_empty()) {
@@ -579,6 +741,33 @@ impl Config {
             return Err(o.error("mcp.flush_interval_ms", "must be between 10 and 60000"));
         }
 
+        let metrics_enabled = boolean("metrics.enabled", &raw.metrics.enabled)?;
+        let metrics_bind = match raw.metrics.bind.trim() {
+            "" => None,
+            b => Some(b.parse::<SocketAddr>().map_err(|_| {
+                o.error(
+                    "metrics.bind",
+                    format!("{b:?} is not a socket address like 127.0.0.1:9090"),
+                )
+            })?),
+        };
+        if metrics_bind.is_some_and(|b| b == bind && b.port() != 0) {
+            return Err(o.error(
+                "metrics.bind",
+                "must differ from server.bind (leave it empty to serve /metrics on the main listener)",
+            ));
+        }
+        let metrics_token = match raw.metrics.token.trim() {
+            "" => None,
+            t if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(o.error(
+                    "metrics.token",
+                    "must be at least 16 printable characters without spaces",
+                ));
+            }
+            t => Some(Secret::new(t)),
+        };
+
         let format = match raw.log.format.as_str() {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
@@ -602,6 +791,61 @@ impl Config {
         )?)
         .map_err(|_| o.error("server.max_body_bytes", "too large"))?;
 
+        let trusted_proxies = TrustedProxies::parse(&raw.server.trusted_proxies)
+            .map_err(|e| o.error("server.trusted_proxies", e))?;
+        let rate = |key: &str, v: &str| Rate::parse(v).map_err(|e| o.error(key, e));
+        let limits = LimitsConfig {
+            register: rate("limits.register", &raw.limits.register)?,
+            sign_in_per_address: rate(
+                "limits.sign_in_per_address",
+                &raw.limits.sign_in_per_address,
+            )?,
+            sign_in_per_account: rate(
+                "limits.sign_in_per_account",
+                &raw.limits.sign_in_per_account,
+            )?,
+            client_auth_per_client: rate(
+                "limits.client_auth_per_client",
+                &raw.limits.client_auth_per_client,
+            )?,
+            client_auth_per_address: rate(
+                "limits.client_auth_per_address",
+                &raw.limits.client_auth_per_address,
+            )?,
+            mcp_per_credential: rate("limits.mcp_per_credential", &raw.limits.mcp_per_credential)?,
+        };
+
+        let kek = match (
+            raw.keys.encryption_key.trim(),
+            raw.keys.encryption_key_file.trim(),
+        ) {
+            ("", "") if mode == Mode::Production => {
+                return Err(o.error(
+                    "keys.encryption_key",
+                    "production mode needs a key-encryption key for the signing keys: set \
+                     keys.encryption_key (GATEHOUSE__KEYS__ENCRYPTION_KEY) or \
+                     keys.encryption_key_file; generate one with: openssl rand -base64 32",
+                ));
+            }
+            ("", "") => Kek::development(),
+            (key, "") => Kek::new(key).map_err(|e| o.error("keys.encryption_key", e))?,
+            ("", path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    o.error(
+                        "keys.encryption_key_file",
+                        format!("cannot read {path}: {e}"),
+                    )
+                })?;
+                Kek::new(&text).map_err(|e| o.error("keys.encryption_key_file", e))?
+            }
+            _ => {
+                return Err(o.error(
+                    "keys.encryption_key_file",
+                    "set keys.encryption_key or keys.encryption_key_file, not both",
+                ));
+            }
+        };
+
         Ok(Self {
             server: ServerConfig {
                 bind,
@@ -609,6 +853,7 @@ impl Config {
                 mode,
                 request_timeout: Duration::from_secs(request_timeout_secs),
                 max_body_bytes,
+                trusted_proxies,
             },
             database: DatabaseConfig {
                 url,
@@ -617,6 +862,16 @@ impl Config {
                     "database.connect_timeout_secs",
                     raw.database.connect_timeout_secs,
                 )?),
+                acquire_timeout: Duration::from_millis(
+                    Some(raw.database.acquire_timeout_ms)
+                        .filter(|ms| (100..=60_000).contains(ms))
+                        .ok_or_else(|| {
+                            o.error(
+                                "database.acquire_timeout_ms",
+                                "must be between 100 and 60000",
+                            )
+                        })?,
+                ),
             },
             tokens,
             bootstrap: BootstrapConfig { owner_email },
@@ -626,6 +881,8 @@ impl Config {
                 cors_origins,
                 always_issue_refresh_token,
                 cimd_allow_private_addresses,
+                unused_client_ttl_secs,
+                idle_client_ttl_secs,
             },
             mcp: McpConfig {
                 allowed_origins,
@@ -633,7 +890,23 @@ impl Config {
                 anonymous_scopes,
                 page_size,
                 flush_interval: Duration::from_millis(flush_interval_ms),
+                token_cache_entries: usize::try_from(raw.mcp.token_cache_entries)
+                    .ok()
+                    .filter(|n| (100..=10_000_000).contains(n))
+                    .ok_or_else(|| {
+                        o.error(
+                            "mcp.token_cache_entries",
+                            "must be between 100 and 10000000",
+                        )
+                    })?,
             },
+            metrics: MetricsConfig {
+                enabled: metrics_enabled,
+                bind: metrics_bind,
+                token: metrics_token,
+            },
+            limits,
+            keys: KeysConfig { kek },
             log: LogConfig {
                 format,
                 filter: raw.log.filter,
@@ -672,9 +945,11 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "server.mode",
         "server.request_timeout_secs",
         "server.max_body_bytes",
+        "server.trusted_proxies",
         "database.url",
         "database.max_connections",
         "database.connect_timeout_secs",
+        "database.acquire_timeout_ms",
         "tokens.code_ttl_secs",
         "tokens.access_ttl_secs",
         "tokens.refresh_ttl_secs",
@@ -685,11 +960,25 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "oauth.cors_origins",
         "oauth.always_issue_refresh_token",
         "oauth.cimd_allow_private_addresses",
+        "oauth.unused_client_ttl_secs",
+        "oauth.idle_client_ttl_secs",
         "mcp.allowed_origins",
         "mcp.allowed_hosts",
         "mcp.anonymous_scopes",
         "mcp.page_size",
         "mcp.flush_interval_ms",
+        "mcp.token_cache_entries",
+        "metrics.enabled",
+        "metrics.bind",
+        "metrics.token",
+        "limits.register",
+        "limits.sign_in_per_address",
+        "limits.sign_in_per_account",
+        "limits.client_auth_per_client",
+        "limits.client_auth_per_address",
+        "limits.mcp_per_credential",
+        "keys.encryption_key",
+        "keys.encryption_key_file",
         "log.format",
         "log.filter",
     ]
@@ -756,11 +1045,152 @@ mod tests {
     }
 
     #[test]
+    fn limits_and_trusted_proxies_parse_and_name_the_key() {
+        let c = Config::defaults().unwrap();
+        assert!(c.server.trusted_proxies.is_empty());
+        assert_eq!(
+            c.limits.sign_in_per_account,
+            Some(Rate {
+                max: 10,
+                window_secs: 900
+            })
+        );
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("GATEHOUSE__LIMITS__MCP_PER_CREDENTIAL", "off"),
+                ("GATEHOUSE__LIMITS__REGISTER", "5/minute"),
+                ("GATEHOUSE__SERVER__TRUSTED_PROXIES", "10.0.0.0/8 127.0.0.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.mcp_per_credential, None);
+        assert_eq!(
+            c.limits.register,
+            Some(Rate {
+                max: 5,
+                window_secs: 60
+            })
+        );
+        assert!(
+            c.server
+                .trusted_proxies
+                .contains("10.3.4.5".parse().unwrap())
+        );
+        for (var, key) in [
+            (
+                "GATEHOUSE__LIMITS__SIGN_IN_PER_ACCOUNT",
+                "limits.sign_in_per_account",
+            ),
+            (
+                "GATEHOUSE__SERVER__TRUSTED_PROXIES",
+                "server.trusted_proxies",
+            ),
+        ] {
+            let err = Config::load_from(None, env(&[(var, "lots")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn metrics_settings_are_checked_and_the_token_is_not_printed() {
+        let c = Config::defaults().unwrap();
+        assert!(c.metrics.enabled);
+        assert!(c.metrics.bind.is_none() && c.metrics.token.is_none());
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("GATEHOUSE__METRICS__BIND", "127.0.0.1:9090"),
+                ("GATEHOUSE__METRICS__TOKEN", "a-long-enough-scrape-token"),
+                ("GATEHOUSE__METRICS__ENABLED", "false"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.metrics.enabled);
+        assert_eq!(c.metrics.bind, Some("127.0.0.1:9090".parse().unwrap()));
+        assert!(!format!("{c:?}").contains("a-long-enough-scrape-token"));
+        for (var, key) in [
+            ("GATEHOUSE__METRICS__BIND", "metrics.bind"),
+            ("GATEHOUSE__METRICS__TOKEN", "metrics.token"),
+            ("GATEHOUSE__METRICS__ENABLED", "metrics.enabled"),
+        ] {
+            let err = Config::load_from(None, env(&[(var, "short")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(var), "{err}");
+        }
+        let err = Config::load_from(None, env(&[("GATEHOUSE__METRICS__BIND", "127.0.0.1:8080")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.bind"), "{err}");
+    }
+
+    #[test]
     fn production_requires_https() {
         let err = Config::load_from(None, env(&[("GATEHOUSE__SERVER__MODE", "production")]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.public_url"), "{err}");
+    }
+
+    #[test]
+    fn production_requires_a_key_encryption_key_and_keys_are_checked() {
+        let https = ("GATEHOUSE__SERVER__PUBLIC_URL", "https://gate.example.com");
+        let prod = ("GATEHOUSE__SERVER__MODE", "production");
+        let err = Config::load_from(None, env(&[https, prod]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("keys.encryption_key") && err.contains("openssl rand"),
+            "{err}"
+        );
+        let key = "0123456789abcdef0123456789abcdef0123456789";
+        let c = Config::load_from(
+            None,
+            env(&[https, prod, ("GATEHOUSE__KEYS__ENCRYPTION_KEY", key)]),
+        )
+        .unwrap();
+        assert!(!c.keys.kek.is_development());
+        assert!(!format!("{c:?}").contains(key), "the key is never printed");
+        assert!(Config::defaults().unwrap().keys.kek.is_development());
+
+        let err = Config::load_from(None, env(&[("GATEHOUSE__KEYS__ENCRYPTION_KEY", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GATEHOUSE__KEYS__ENCRYPTION_KEY") && err.contains("32"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kek");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let path = file.display().to_string();
+        let c = Config::load_from(
+            None,
+            env(&[https, prod, ("GATEHOUSE__KEYS__ENCRYPTION_KEY_FILE", &path)]),
+        )
+        .unwrap();
+        assert!(!c.keys.kek.is_development());
+        let missing = dir.path().join("nope").display().to_string();
+        let err = Config::load_from(
+            None,
+            env(&[("GATEHOUSE__KEYS__ENCRYPTION_KEY_FILE", &missing)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("keys.encryption_key_file"), "{err}");
+        let err = Config::load_from(
+            None,
+            env(&[
+                ("GATEHOUSE__KEYS__ENCRYPTION_KEY_FILE", &path),
+                ("GATEHOUSE__KEYS__ENCRYPTION_KEY", key),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 
     #[test]

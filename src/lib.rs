@@ -10,8 +10,13 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
+pub mod limits;
 pub mod mcp;
+pub mod metrics;
 pub mod oauth;
 pub mod routes;
 pub mod state;

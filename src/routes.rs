@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,6 +16,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::http::json_error;
+use crate::http::metrics::{RecordLayer, peer, scrape};
 use crate::http::middleware::{self, REQUEST_ID};
 use crate::state::AppState;
 use crate::{mcp, oauth};
@@ -25,12 +26,19 @@ pub mod paths {
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
     pub const STYLESHEET: &str = "/static/gatehouse.css";
+    pub const METRICS: &str = "/metrics";
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.max_body_bytes;
     let timeout = state.config.server.request_timeout;
-    Router::new()
+    let https = state.config.server.public_url.starts_with("https://");
+    let record = RecordLayer::new(state.metrics.http.clone());
+    let mut router = Router::new();
+    if state.config.metrics.enabled && state.config.metrics.bind.is_none() {
+        router = router.route(paths::METRICS, get(get_metrics));
+    }
+    router
         .route(paths::HEALTHZ, get(get_healthz))
         .route(paths::READYZ, get(get_readyz))
         .route(paths::STYLESHEET, get(get_stylesheet))
@@ -44,7 +52,9 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout.max(Duration::from_millis(1)),
         ))
-        .layer(axum::middleware::from_fn(middleware::security_headers))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            middleware::security_headers(https, req, next)
+        }))
         .layer(axum::middleware::from_fn(middleware::error_bodies))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
@@ -55,6 +65,37 @@ pub fn router(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(record)
+}
+
+/// The router of the separate `metrics.bind` listener: `/metrics` and nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            paths::METRICS,
+            get(|State(state): State<AppState>, req: Request| async move {
+                scrape(
+                    &state.metrics,
+                    &state.config.metrics,
+                    true,
+                    peer(&req),
+                    req.headers(),
+                )
+            }),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// `GET /metrics` on the main listener (see [`scrape`] for who may read it).
+async fn get_metrics(State(state): State<AppState>, req: Request) -> Response {
+    scrape(
+        &state.metrics,
+        &state.config.metrics,
+        false,
+        peer(&req),
+        req.headers(),
+    )
 }
 
 /// The process is up and serving HTTP.

@@ -4,9 +4,11 @@
 mod output;
 
 use std::io::BufRead;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +56,10 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Ask the running server's `/healthz` (at `server.bind`, over loopback when bound to
+    /// every address) and exit 0 on 200, 1 otherwise. For container health checks;
+    /// touches no database.
+    Healthcheck,
     /// Manage organizations.
     #[command(subcommand)]
     Org(OrgCommand),
@@ -78,6 +84,15 @@ enum Command {
     /// Manage the keys that sign access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Copy a SQLite database to PATH, consistently, while the server keeps running
+    /// (PostgreSQL: use `pg_dump -Fc` instead).
+    Backup {
+        /// Where to write the copy (a new file, unless --force).
+        path: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,7 +124,7 @@ enum KeysCommand {
     /// List signing keys.
     List,
     /// Add a new signing key and retire the others (they stay published, so tokens they
-    /// signed keep verifying). Running servers pick it up when restarted.
+    /// signed keep verifying). Running servers sign with it within 30 seconds.
     Rotate,
     /// Delete keys retired longer ago than the access-token lifetime.
     Retire,
@@ -156,6 +171,11 @@ enum UserCommand {
     List,
     /// Set a user's password, read from the first line of standard input.
     SetPassword { email: String },
+    /// Disable a user: they cannot sign in, and their API keys, personal access tokens
+    /// and OAuth grants are revoked in every organization.
+    Disable { email: String },
+    /// Enable a disabled user again (they need new API keys and tokens).
+    Enable { email: String },
 }
 
 #[derive(Debug, Args)]
@@ -272,8 +292,13 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let clock = SystemClock;
-    if let Command::Serve = cli.command {
-        return serve(config).await;
+    match cli.command {
+        Command::Serve => return serve(config).await,
+        Command::Healthcheck => return healthcheck(&config).await,
+        _ => {}
+    }
+    if let Command::Backup { path, force } = &cli.command {
+        return backup(&config, path, *force, cli.json).await;
     }
     let store = open_store(&config).await?;
     let ctx = Ctx {
@@ -282,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         now: clock.now(),
         access_ttl_secs: config.tokens.access_ttl_secs,
         scopes: config.oauth.scopes.clone(),
+        kek: config.keys.kek.clone(),
     };
     let result = ctx.dispatch(cli.command).await;
     ctx.store.close().await;
@@ -315,6 +341,83 @@ fn describe(e: StorageError) -> String {
     }
 }
 
+/// `gatehouse backup PATH`: `VACUUM INTO` a file beside PATH, then move it into
+/// place, so that PATH is either absent or a complete copy, never a partial one.
+async fn backup(
+    config: &Config,
+    path: &std::path::Path,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let url = &config.database.url;
+    let Some(source) = Store::sqlite_file(url) else {
+        bail!(
+            "backup copies SQLite databases only; for PostgreSQL use pg_dump -Fc (for example `pg_dump -Fc -f gatehouse.dump {}`)",
+            redact_url(url)
+        );
+    };
+    if !source.exists() {
+        bail!("no SQLite database at {}", source.display());
+    }
+    if path.exists() && !force {
+        bail!(
+            "{} already exists; choose a new file or pass --force to replace it",
+            path.display()
+        );
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} is not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        bail!("directory {} does not exist", dir.display());
+    }
+    let partial = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        random::base62(8)
+    ));
+    let partial_str = partial
+        .to_str()
+        .ok_or_else(|| anyhow!("{} is not valid UTF-8", path.display()))?;
+    let store = Store::connect(&config.database)
+        .await
+        .map_err(|e| anyhow!("{}: {}", redact_url(url), describe(e)))?;
+    let copied = store.backup_sqlite(partial_str).await;
+    store.close().await;
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&partial);
+        bail!("backup failed: {}", describe(e));
+    }
+    let placed = if force {
+        std::fs::rename(&partial, path)
+    } else {
+        // A hard link never replaces a file that appeared meanwhile.
+        std::fs::hard_link(&partial, path).and_then(|()| std::fs::remove_file(&partial))
+    };
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&partial);
+        bail!("cannot write {}: {e}", path.display());
+    }
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if json {
+        print!(
+            "{}",
+            output::json(&json!({ "path": path.display().to_string(), "bytes": bytes }))
+        );
+    } else {
+        println!(
+            "backed up {} to {} ({bytes} bytes)",
+            source.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init(&config.log);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -336,8 +439,46 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         database = backend,
         "gatehouse is listening"
     );
+    if let Some(addr) = app.metrics_addr() {
+        tracing::info!(addr = %addr, "metrics are served on their own listener");
+    }
     app.run_until_stopped(shutdown).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The URL of the server's own `/healthz`, from its listen address: an unspecified
+/// address (0.0.0.0, ::) is reached over loopback.
+fn healthz_url(bind: SocketAddr) -> anyhow::Result<String> {
+    if bind.port() == 0 {
+        bail!("server.bind has port 0, so there is no known port to check");
+    }
+    let mut addr = bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(format!("http://{addr}/healthz"))
+}
+
+async fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    let url = healthz_url(config.server.bind)?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("cannot build the HTTP client")?;
+    let res = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("{url} did not answer"))?;
+    if res.status() != reqwest::StatusCode::OK {
+        bail!("{url} answered {}", res.status());
+    }
+    println!("ok: {url}");
     Ok(())
 }
 
@@ -348,6 +489,8 @@ struct Ctx {
     access_ttl_secs: i64,
     /// The scopes this deployment defines, for PAT creation.
     scopes: crate::domain::scope::ScopeCatalog,
+    /// Seals the private half of a rotated-in signing key.
+    kek: keys::Kek,
 }
 
 impl Ctx {
@@ -402,7 +545,7 @@ impl Ctx {
 
     async fn dispatch(&self, command: Command) -> anyhow::Result<()> {
         match command {
-            Command::Serve => Ok(()),
+            Command::Serve | Command::Healthcheck | Command::Backup { .. } => Ok(()),
             Command::Migrate => {
                 self.print(
                     format!("database is up to date ({})\n", self.store.backend()),
@@ -566,6 +709,8 @@ impl Ctx {
                     json!(users),
                 );
             }
+            UserCommand::Disable { email } => self.set_user_disabled(&email, true).await?,
+            UserCommand::Enable { email } => self.set_user_disabled(&email, false).await?,
             UserCommand::SetPassword { email } => {
                 let email = Email::parse(&email)?;
                 let hash = hash_password(read_password()?).await?;
@@ -582,6 +727,33 @@ impl Ctx {
                 );
             }
         }
+        Ok(())
+    }
+
+    async fn set_user_disabled(&self, email: &str, disable: bool) -> anyhow::Result<()> {
+        let email = Email::parse(email)?;
+        let action = if disable {
+            "user.disable"
+        } else {
+            "user.enable"
+        };
+        let user = self
+            .store
+            .set_user_disabled(&email, disable, self.now, self.audit(action))
+            .await
+            .map_err(|e| match e {
+                StorageError::NotFound => anyhow!("no user with email {email}"),
+                other => anyhow!(describe(other)),
+            })?;
+        let words = if disable {
+            "disabled; their keys, tokens and grants are revoked"
+        } else {
+            "enabled; they need new API keys and tokens"
+        };
+        self.print(
+            format!("{email} {words}\n"),
+            json!({ "email": email.as_str(), "id": user.id, "disabled": disable }),
+        );
         Ok(())
     }
 
@@ -941,7 +1113,7 @@ impl Ctx {
                     .store
                     .insert_client(
                         NewClient {
-                            id: random::id("client"),
+                            id: random::long_id("client"),
                             origin: "static",
                             name: name.as_str().to_owned(),
                             redirect_uris: uris.clone(),
@@ -1019,7 +1191,7 @@ impl Ctx {
         match c {
             KeysCommand::List => {}
             KeysCommand::Rotate => {
-                let key = keys::generate(random::id("key"), self.now)?;
+                let key = keys::generate(random::id("key"), self.now, &self.kek)?;
                 self.store
                     .insert_signing_key(&key)
                     .await
@@ -1034,7 +1206,7 @@ impl Ctx {
                     .map_err(|e| anyhow!(describe(e)))?;
                 if !self.json {
                     println!(
-                        "new signing key {}; restart running servers to sign with it",
+                        "new signing key {}; running servers sign with it within 30 seconds",
                         key.kid
                     );
                 }
@@ -1080,5 +1252,25 @@ impl Ctx {
             json!(machine),
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::healthz_url;
+
+    #[test]
+    fn healthz_url_reaches_an_all_addresses_bind_over_loopback() {
+        let url = |bind: &str| healthz_url(bind.parse().unwrap()).unwrap();
+        assert_eq!(url("0.0.0.0:8080"), "http://127.0.0.1:8080/healthz");
+        assert_eq!(url("[::]:8080"), "http://[::1]:8080/healthz");
+        assert_eq!(url("10.1.2.3:9000"), "http://10.1.2.3:9000/healthz");
+        assert_eq!(url("[fd00::7]:443"), "http://[fd00::7]:443/healthz");
+    }
+
+    #[test]
+    fn healthz_url_refuses_port_zero() {
+        let err = healthz_url("127.0.0.1:0".parse().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("server.bind"), "{err}");
     }
 }

@@ -90,7 +90,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::keys::{KeySet, generate};
+    use crate::crypto::keys::{Kek, KeySet, generate};
 
     fn claims(now: i64) -> AccessClaims {
         AccessClaims {
@@ -108,7 +108,11 @@ mod tests {
 
     #[test]
     fn signs_and_verifies_with_every_check() {
-        let keys = KeySet::from_stored(&[generate("k1".into(), 0).unwrap()]).unwrap();
+        let keys = KeySet::from_stored(
+            &[generate("k1".into(), 0, &Kek::development()).unwrap()],
+            &Kek::development(),
+        )
+        .unwrap();
         let t = sign(&keys, &claims(1000)).unwrap();
         let ok = verify(
             &keys,
@@ -141,7 +145,11 @@ mod tests {
 
     #[test]
     fn tampering_and_foreign_keys_fail() {
-        let keys = KeySet::from_stored(&[generate("k1".into(), 0).unwrap()]).unwrap();
+        let keys = KeySet::from_stored(
+            &[generate("k1".into(), 0, &Kek::development()).unwrap()],
+            &Kek::development(),
+        )
+        .unwrap();
         let t = sign(&keys, &claims(1000)).unwrap();
         let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
         let flip = if &parts[1][5..6] == "A" { "B" } else { "A" };
@@ -157,7 +165,11 @@ mod tests {
             )
             .is_err()
         );
-        let other = KeySet::from_stored(&[generate("k1".into(), 0).unwrap()]).unwrap();
+        let other = KeySet::from_stored(
+            &[generate("k1".into(), 0, &Kek::development()).unwrap()],
+            &Kek::development(),
+        )
+        .unwrap();
         assert_eq!(
             verify(
                 &other,

@@ -14,9 +14,93 @@ pub enum KeyError {
     Corrupt(String),
     #[error("no active signing key")]
     NoActiveKey,
+    #[error(
+        "stored secret {0} cannot be opened with this key-encryption key (keys.encryption_key \
+         or keys.encryption_key_file): was it changed? Start with the key it was sealed with"
+    )]
+    WrongKek(String),
 }
 
-/// A key as stored: PKCS#8 private key and raw public key, both base64url.
+/// The key-encryption key: private signing keys and the cookie secret are stored sealed
+/// under it (ChaCha20-Poly1305, a key derived per purpose), so a copy of the database
+/// alone cannot forge tokens or sessions.
+#[derive(Clone)]
+pub struct Kek {
+    secret: String,
+    development: bool,
+}
+
+/// Never shows the key.
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.development {
+            "Kek(development)"
+        } else {
+            "Kek(***)"
+        })
+    }
+}
+
+/// Marks a sealed value; values without it were written before sealing existed.
+const SEALED: &str = "kek1:";
+
+impl Kek {
+    /// At least 32 characters: `openssl rand -base64 32` gives 44.
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let secret = secret.trim();
+        if secret.len() < 32 {
+            return Err(
+                "must be at least 32 characters (generate one with: openssl rand -base64 32)"
+                    .into(),
+            );
+        }
+        Ok(Self {
+            secret: secret.to_owned(),
+            development: false,
+        })
+    }
+
+    /// A fixed, public key for development: it keeps the code path the same, and
+    /// protects nothing. Production mode refuses to start with it.
+    pub fn development() -> Self {
+        Self {
+            secret: "gatehouse development key-encryption key; protects nothing".into(),
+            development: true,
+        }
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.development
+    }
+
+    /// Seals `plain` for storage under `name` (a sealed value only opens under its name).
+    pub fn seal(&self, name: &str, plain: &[u8]) -> Result<String, KeyError> {
+        super::mac::seal(&self.secret, name, plain)
+            .map(|s| format!("{SEALED}{s}"))
+            .ok_or(KeyError::Generate)
+    }
+
+    /// Opens a stored value: `Ok(None)` when it predates sealing (stored in clear).
+    pub fn open(&self, name: &str, stored: &str) -> Result<Option<Vec<u8>>, KeyError> {
+        match stored.strip_prefix(SEALED) {
+            Some(sealed) => super::mac::open(&self.secret, name, sealed)
+                .map(Some)
+                .ok_or_else(|| KeyError::WrongKek(name.to_owned())),
+            None => Ok(None),
+        }
+    }
+
+    pub fn is_sealed(stored: &str) -> bool {
+        stored.starts_with(SEALED)
+    }
+}
+
+fn key_name(kid: &str) -> String {
+    format!("signing-key:{kid}")
+}
+
+/// A key as stored: the PKCS#8 private key sealed under the [`Kek`] (base64url in clear
+/// for keys written before sealing), and the raw public key, base64url.
 #[derive(Debug, Clone)]
 pub struct StoredKey {
     pub kid: String,
@@ -26,14 +110,14 @@ pub struct StoredKey {
     pub retired_at: Option<i64>,
 }
 
-/// A freshly generated key pair.
-pub fn generate(kid: String, now: i64) -> Result<StoredKey, KeyError> {
+/// A freshly generated key pair, its private half sealed under `kek`.
+pub fn generate(kid: String, now: i64, kek: &Kek) -> Result<StoredKey, KeyError> {
     let pkcs8 =
         Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Generate)?;
     Ok(StoredKey {
+        private_key: kek.seal(&key_name(&kid), pkcs8.as_ref())?,
         kid,
-        private_key: URL_SAFE_NO_PAD.encode(pkcs8.as_ref()),
         public_key: URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
         created_at: now,
         retired_at: None,
@@ -58,17 +142,35 @@ pub struct KeySet {
     verifying: Vec<VerifyingKey>,
 }
 
+/// The PKCS#8 DER of a stored key, opened under `kek` (or decoded, if stored in clear).
+fn private_der(key: &StoredKey, kek: &Kek) -> Result<Vec<u8>, KeyError> {
+    match kek.open(&key_name(&key.kid), &key.private_key)? {
+        Some(der) => Ok(der),
+        None => URL_SAFE_NO_PAD
+            .decode(&key.private_key)
+            .map_err(|_| KeyError::Corrupt(key.kid.clone())),
+    }
+}
+
+/// The private half of a key stored in clear, sealed under `kek` (for the upgrade of
+/// keys written before sealing); `None` when it is sealed already.
+pub fn seal_if_clear(key: &StoredKey, kek: &Kek) -> Result<Option<String>, KeyError> {
+    if Kek::is_sealed(&key.private_key) {
+        return Ok(None);
+    }
+    let der = private_der(key, kek)?;
+    kek.seal(&key_name(&key.kid), &der).map(Some)
+}
+
 impl KeySet {
     /// `keys` newest first; the newest unretired key signs.
-    pub fn from_stored(keys: &[StoredKey]) -> Result<Self, KeyError> {
+    pub fn from_stored(keys: &[StoredKey], kek: &Kek) -> Result<Self, KeyError> {
         let active = keys
             .iter()
             .filter(|k| k.retired_at.is_none())
             .max_by(|a, b| a.created_at.cmp(&b.created_at).then(a.kid.cmp(&b.kid)))
             .ok_or(KeyError::NoActiveKey)?;
-        let der = URL_SAFE_NO_PAD
-            .decode(&active.private_key)
-            .map_err(|_| KeyError::Corrupt(active.kid.clone()))?;
+        let der = private_der(active, kek)?;
         Ed25519KeyPair::from_pkcs8(&der).map_err(|_| KeyError::Corrupt(active.kid.clone()))?;
         let signing = SigningKey {
             kid: active.kid.clone(),

@@ -18,6 +18,12 @@ pub fn id(prefix: &str) -> String {
     format!("{prefix}_{}", base62(16))
 }
 
+/// A prefixed identifier that stands alone as an unguessable value, such as a
+/// `client_id` (22 base62 characters ≈ 131 bits, at least the 128 OAuth 2.1 §7.7 asks).
+pub fn long_id(prefix: &str) -> String {
+    format!("{prefix}_{}", base62(22))
+}
+
 pub(crate) fn encode_base62(mut n: u64, width: usize) -> String {
     let mut out = vec![b'0'; width];
     for slot in out.iter_mut().rev() {

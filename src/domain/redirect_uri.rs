@@ -14,6 +14,8 @@ pub enum RedirectUriError {
     Credentials,
     #[error("redirect URI is too long")]
     TooLong,
+    #[error("redirect URI host is not a host name (no wildcards)")]
+    InvalidHost,
 }
 
 /// A registered or requested redirect URI, kept exactly as given (comparison is exact).
@@ -38,6 +40,15 @@ impl RedirectUri {
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(RedirectUriError::Credentials);
+        }
+        // A domain is letters, digits, `-`, `.` (and `_`, seen in real DNS names): a
+        // wildcard such as `*.example.com` would parse as a literal host otherwise.
+        if let Some(url::Host::Domain(d)) = url.host()
+            && !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        {
+            return Err(RedirectUriError::InvalidHost);
         }
         let host = url.host_str().unwrap_or_default();
         let loopback = url.scheme() == "http" && is_loopback_host(host);
@@ -126,6 +137,14 @@ mod tests {
         assert_eq!(
             RedirectUri::parse("http://localhost.evil.com/cb"),
             Err(InsecureScheme)
+        );
+        assert_eq!(
+            RedirectUri::parse("https://*.example.com/cb"),
+            Err(InvalidHost)
+        );
+        assert!(
+            RedirectUri::parse("https://bücher.example/cb").is_ok(),
+            "IDN as punycode"
         );
     }
 

@@ -27,9 +27,20 @@ pub fn request_span(req: &Request<Body>) -> tracing::Span {
 }
 
 /// Headers every response gets. Pages add their own CSP on top.
-pub async fn security_headers(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+pub async fn security_headers(
+    https: bool,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
+    // Served over https (behind the TLS proxy): browsers should never try plain http.
+    if https {
+        h.entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(HeaderValue::from_static(
+                "max-age=63072000; includeSubDomains",
+            ));
+    }
     h.entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
     h.entry(header::X_FRAME_OPTIONS)
@@ -58,8 +69,9 @@ pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
     )
 }
 
-/// Gives error statuses produced by layers (413 from the body limit, 408 from the
-/// timeout) a JSON body instead of an empty one, and logs 5xx once.
+/// Gives error statuses produced by layers or the router (413 from the body limit, 408
+/// from the timeout, 405 for a method a route lacks) a JSON body instead of an empty
+/// one, and logs 5xx once.
 pub async fn error_bodies(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
     let res = next.run(req).await;
     let status = res.status();
@@ -79,6 +91,14 @@ pub async fn error_bodies(req: Request<Body>, next: axum::middleware::Next) -> R
             json_error(status, "invalid_request", "request body is too large")
         }
         StatusCode::REQUEST_TIMEOUT => json_error(status, "invalid_request", "request timed out"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = res.headers().get(header::ALLOW).cloned();
+            let mut json = json_error(status, "invalid_request", "method not allowed here");
+            if let Some(allow) = allow {
+                json.headers_mut().insert(header::ALLOW, allow);
+            }
+            json
+        }
         _ => res.into_response(),
     }
 }

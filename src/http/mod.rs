@@ -1,5 +1,6 @@
 //! Shared HTTP plumbing: middleware and the error bodies used by every area.
 
+pub mod metrics;
 pub mod middleware;
 
 use axum::Json;

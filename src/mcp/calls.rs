@@ -21,6 +21,7 @@ use super::dispatch::{Reply, Request, decorate};
 use super::rpc::{self, Era, INSUFFICIENT_SCOPE, MISSING_CAPABILITY, RpcError};
 use super::tools::{Content, IDEMPOTENCY_KEY, Notifier, Tool, ToolContext, ToolResult, ToolSpec};
 use crate::domain::OrgStatus;
+use crate::metrics::{ToolOutcome, ToolStats};
 use crate::storage::{AuditEntry, IdempotencyBegin};
 
 pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
@@ -118,6 +119,7 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
         era: req.era,
         id: req.id.clone(),
         tool: registered.tool.clone(),
+        stats: registered.stats.clone(),
         name: name.to_owned(),
         args,
         idempotency_key,
@@ -165,6 +167,7 @@ struct Call {
     era: Era,
     id: Value,
     tool: Arc<dyn Tool>,
+    stats: Arc<ToolStats>,
     name: String,
     args: Map<String, Value>,
     idempotency_key: Option<String>,
@@ -179,24 +182,35 @@ impl Call {
         let started = Instant::now();
         let state = ctx.state.clone();
         let caller = ctx.caller.clone();
+        let mut refused = true;
         let result = match self.refusal {
             Some(r) => r,
             None => match quota_refusal(&ctx, &self.name, self.tool.spec()).await {
                 Some(r) => r,
-                None => match &self.idempotency_key {
-                    Some(key) => idempotent(&ctx, &self.tool, &self.name, key, self.args).await,
-                    None => self.tool.call(ctx, self.args).await,
-                },
+                None => {
+                    refused = false;
+                    match &self.idempotency_key {
+                        Some(key) => idempotent(&ctx, &self.tool, &self.name, key, self.args).await,
+                        None => self.tool.call(ctx, self.args).await,
+                    }
+                }
             },
         };
         let now = state.clock.now();
-        state.meter.record_call(
-            &caller,
-            &self.name,
-            now,
-            result.is_error(),
-            started.elapsed(),
-        );
+        let elapsed = started.elapsed();
+        state
+            .meter
+            .record_call(&caller, &self.name, now, result.is_error(), elapsed);
+        let outcome = match &result {
+            _ if refused => ToolOutcome::Refused,
+            ToolResult::Complete {
+                is_error: false, ..
+            } => ToolOutcome::Ok,
+            ToolResult::Complete { .. } => ToolOutcome::Error,
+            ToolResult::InputRequired { .. } => ToolOutcome::InputRequired,
+            ToolResult::InvalidRequest(_) => ToolOutcome::InvalidRequest,
+        };
+        self.stats.record(outcome, elapsed);
         if !self.tool.spec().annotations_ref().read_only && !caller.org_id.is_empty() {
             // Calls that may change something are audited, in the next batch.
             let outcome = match &result {

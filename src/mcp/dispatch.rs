@@ -215,28 +215,36 @@ fn set_level(req: &Request<'_>) -> Result<Value, RpcError> {
     }
 }
 
-/// One page of `items` from the request's cursor, with `nextCursor` when more remain.
-fn page(req: &Request<'_>, items: Vec<Value>, key: &str) -> Result<Value, RpcError> {
-    let size = req.state.config.mcp.page_size;
-    let start = match req.params.get("cursor") {
-        None | Some(Value::Null) => 0,
+/// Where a page starts: the offset a `cursor` names, at most `len` (absent is 0).
+pub(crate) fn cursor_start(cursor: Option<&Value>, len: usize) -> Result<usize, RpcError> {
+    match cursor {
+        None | Some(Value::Null) => Ok(0),
         Some(Value::String(c)) => URL_SAFE_NO_PAD
             .decode(c)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse::<usize>().ok()))
-            .filter(|n| *n <= items.len())
-            .ok_or_else(|| RpcError::invalid_params("invalid params: unknown cursor"))?,
-        Some(_) => {
-            return Err(RpcError::invalid_params(
-                "invalid params: cursor must be a string",
-            ));
-        }
-    };
+            .filter(|n| *n <= len)
+            .ok_or_else(|| RpcError::invalid_params("invalid params: unknown cursor")),
+        Some(_) => Err(RpcError::invalid_params(
+            "invalid params: cursor must be a string",
+        )),
+    }
+}
+
+/// The cursor of the page that starts at `offset`.
+pub(crate) fn next_cursor(offset: usize) -> String {
+    URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
+}
+
+/// One page of `items` from the request's cursor, with `nextCursor` when more remain.
+fn page(req: &Request<'_>, items: Vec<Value>, key: &str) -> Result<Value, RpcError> {
+    let size = req.state.config.mcp.page_size;
+    let start = cursor_start(req.params.get("cursor"), items.len())?;
     let end = (start + size).min(items.len());
     let mut out = json!({ key: items[start..end] });
     if end < items.len() {
-        out["nextCursor"] = json!(URL_SAFE_NO_PAD.encode(format!("o:{end}")));
+        out["nextCursor"] = json!(next_cursor(end));
     }
     if req.era.is_modern() {
         out["ttlMs"] = json!(LIST_TTL_MS);
@@ -416,4 +424,30 @@ async fn read_resource(req: &Request<'_>, registry: &Registry) -> Result<Value, 
         out["cacheScope"] = json!("public");
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_read_back_as_their_offset_and_nothing_else_does() {
+        assert_eq!(cursor_start(None, 5).unwrap(), 0);
+        assert_eq!(cursor_start(Some(&Value::Null), 5).unwrap(), 0);
+        for offset in [0, 3, 5] {
+            let c = json!(next_cursor(offset));
+            assert_eq!(cursor_start(Some(&c), 5).unwrap(), offset);
+        }
+        for bad in [
+            json!(next_cursor(6)),
+            json!("not base64!"),
+            json!(URL_SAFE_NO_PAD.encode("o:-1")),
+            json!(URL_SAFE_NO_PAD.encode("x:1")),
+            json!(URL_SAFE_NO_PAD.encode("o:99999999999999999999999")),
+            json!(7),
+        ] {
+            let e = cursor_start(Some(&bad), 5).unwrap_err();
+            assert_eq!(e.code, INVALID_PARAMS, "{bad}");
+        }
+    }
 }

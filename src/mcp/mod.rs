@@ -3,12 +3,12 @@
 
 pub mod auth;
 mod calls;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod guard;
 mod metadata;
 pub mod meter;
 pub mod rpc;
-mod server;
+pub(crate) mod server;
 pub mod tools;
 
 use axum::Router;

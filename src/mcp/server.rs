@@ -12,9 +12,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use super::auth::{BearerError, Principal, authenticate};
+use super::auth::{BearerError, CredentialKind, Principal, authenticate};
 use super::dispatch::{self, Reply, Request};
 use super::rpc::{self, DEFAULT_VERSION, Era, INVALID_REQUEST, PARSE_ERROR, RpcError};
+use crate::limits::{Bucket, ClientAddr};
+use crate::metrics::AuthRejection;
 use crate::state::AppState;
 
 pub async fn get_or_delete_mcp() -> Response {
@@ -29,7 +31,12 @@ pub async fn get_or_delete_mcp() -> Response {
     res
 }
 
-pub async fn post_mcp(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post_mcp(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(why) = state.mcp_guard.check(&headers) {
         return RpcError::new(StatusCode::FORBIDDEN, -32000, why).into_response(Value::Null);
     }
@@ -41,6 +48,24 @@ pub async fn post_mcp(State(state): State<AppState>, headers: HeaderMap, body: B
         },
         Err(e) => return e.into_response(&state),
     };
+    if let Some(rate) = state.config.limits.mcp_per_credential {
+        let bucket = match principal.kind {
+            CredentialKind::Anonymous => Bucket::address("mcp", addr),
+            _ => Bucket::credential(&principal.credential),
+        };
+        if let Err(e) = state.mcp_limits.hit(&bucket, rate, state.clock.now()) {
+            state.metrics.mcp.auth_rejected(AuthRejection::RateLimited);
+            let message = format!(
+                "rate limit reached ({rate}); try again in {} seconds",
+                e.retry_after_secs
+            );
+            let mut res = RpcError::new(StatusCode::TOO_MANY_REQUESTS, -32000, &message)
+                .into_response(Value::Null);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(e.retry_after_secs));
+            return res;
+        }
+    }
     let message: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
@@ -73,7 +98,7 @@ fn invalid_request(id: Value, message: &str) -> Response {
 }
 
 /// A message's parts once its envelope checks out.
-enum Message {
+pub(crate) enum Message {
     Request {
         id: Value,
         method: String,
@@ -84,7 +109,7 @@ enum Message {
     ClientResponse,
 }
 
-fn parse_envelope(obj: &Map<String, Value>) -> Result<Message, (Value, RpcError)> {
+pub(crate) fn parse_envelope(obj: &Map<String, Value>) -> Result<Message, (Value, RpcError)> {
     let raw_id = obj.get("id").cloned();
     let echo_id = raw_id
         .clone()
@@ -131,7 +156,11 @@ fn parse_envelope(obj: &Map<String, Value>) -> Result<Message, (Value, RpcError)
 /// legacy revision, is modern; anything else is legacy at the header's revision
 /// (2025-03-26 when there is no header). Legacy requests may carry `_meta` too
 /// (`progressToken`), so its mere presence decides nothing.
-fn classify(method: &str, params: &Map<String, Value>, header_version: Option<&str>) -> Era {
+pub(crate) fn classify(
+    method: &str,
+    params: &Map<String, Value>,
+    header_version: Option<&str>,
+) -> Era {
     if method == "initialize" && params.get("protocolVersion").is_some_and(Value::is_string) {
         return Era::Legacy(rpc::LEGACY_VERSIONS[0]);
     }
@@ -150,7 +179,7 @@ fn classify(method: &str, params: &Map<String, Value>, header_version: Option<&s
 }
 
 /// 2026-07-28 per-request checks: `_meta` fields, then headers against the body.
-fn check_modern(
+pub(crate) fn check_modern(
     headers: &HeaderMap,
     header_version: Option<&str>,
     method: &str,
@@ -231,7 +260,7 @@ fn check_modern(
 }
 
 /// A header value, trimmed, with the `=?base64?…?=` form decoded.
-fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     let raw = headers.get(name)?.to_str().ok()?.trim();
     if let Some(inner) = raw
         .strip_prefix("=?base64?")

@@ -1,9 +1,11 @@
 //! `/authorize`: validate the client and redirect URI first (errors are pages), then the
 //! rest (errors go back to the client with `state` and `iss`); sign in, consent, code.
 
+use std::net::IpAddr;
+
 use askama::Template;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, Form, RawQuery, State};
+use axum::extract::{Form, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
@@ -14,6 +16,7 @@ use super::session::{self, Session};
 use crate::crypto::password::verify_password;
 use crate::crypto::{PlainToken, TokenKind, random};
 use crate::domain::{CodeChallenge, Email, RedirectUri, ResourceUri, ScopeSet};
+use crate::limits::{self, Bucket, ClientAddr};
 use crate::state::AppState;
 use crate::storage::{AuditEntry, ClientRow, CodeRow, ConsentRow, StorageError};
 
@@ -142,7 +145,7 @@ fn redirect_to(target: String) -> Response {
 }
 
 /// `redirect_uri` plus response parameters, keeping any query it already had.
-fn client_redirect(uri: &RedirectUri, params: &[(&str, &str)]) -> String {
+pub(crate) fn client_redirect(uri: &RedirectUri, params: &[(&str, &str)]) -> String {
     match url::Url::parse(uri.as_str()) {
         Ok(mut u) => {
             {
@@ -254,13 +257,23 @@ pub async fn validate(state: &AppState, raw: &str) -> Result<AuthorizeRequest, A
             },
         };
 
-    // From here on, errors go back to the client.
+    // From here on, errors go back to the client, if its redirect URI is vouched for (a
+    // metadata document's domain, or the operator). A self-registered client's URI is
+    // not: before the person has signed in and decided, its errors are our page, so that
+    // a broken request cannot turn this server into an open redirector (RFC 9700 §4.11.2).
     let state_param = one("state").ok().flatten();
-    let fail = |code: ErrorCode, d: &str| AuthorizeError::Redirect {
-        redirect_uri: redirect_uri.clone(),
-        code,
-        description: d.to_owned(),
-        state: state_param.clone(),
+    let trusted = clients::is_verified(&client);
+    let fail = |code: ErrorCode, d: &str| {
+        if trusted {
+            AuthorizeError::Redirect {
+                redirect_uri: redirect_uri.clone(),
+                code,
+                description: d.to_owned(),
+                state: state_param.clone(),
+            }
+        } else {
+            bad(&format!("{d} ({}).", code.as_str()))
+        }
     };
     for (k, _) in &pairs {
         if pairs.iter().filter(|(k2, _)| k2 == k).count() > 1 {
@@ -365,6 +378,12 @@ async fn live_session(
     let Some(m) = state.store.find_membership(&s.org_id, &s.user_id).await? else {
         return Ok(None);
     };
+    if let Some(key) = &s.api_key_id {
+        let live = state.store.find_api_key(key).await?;
+        if live.is_none_or(|k| k.revoked_at.is_some()) {
+            return Ok(None);
+        }
+    }
     let Some(org) = state.store.find_org(&s.org_id).await? else {
         return Ok(None);
     };
@@ -400,6 +419,7 @@ async fn issue_code(
             created_at: now,
             expires_at: now + state.config.tokens.code_ttl_secs,
             used_at: None,
+            api_key_id: s.api_key_id.clone(),
         })
         .await?;
     let mut params = vec![("code", code.expose())];
@@ -507,35 +527,74 @@ fn expired_form() -> AuthorizeError {
     )
 }
 
-fn source(addr: &ConnectInfo<std::net::SocketAddr>) -> Option<String> {
-    Some(addr.0.ip().to_string())
+/// A form whose CSRF token is not this browser's, or that another site sent.
+fn forged_form() -> AuthorizeError {
+    AuthorizeError::page(
+        StatusCode::FORBIDDEN,
+        "This form has expired",
+        "Go back to the application and start connecting again.",
+    )
+}
+
+/// Whether the browser says another site sent the form: `Sec-Fetch-Site` other than
+/// same-origin (or none, a typed URL), or an `Origin` that is not ours. `Origin: null`
+/// is what our own pages send under `Referrer-Policy: no-referrer`; the CSRF token
+/// decides those.
+fn cross_site(state: &AppState, headers: &HeaderMap) -> bool {
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .map(|v| v.to_str().unwrap_or_default());
+    if fetch_site.is_some_and(|v| !matches!(v, "same-origin" | "none")) {
+        return true;
+    }
+    match headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or_default())
+    {
+        None | Some("null") => false,
+        Some(origin) => url::Url::parse(&state.config.server.public_url)
+            .map_or(true, |u| u.origin().ascii_serialization() != origin),
+    }
 }
 
 pub async fn post_login(
     State(state): State<AppState>,
-    addr: ConnectInfo<std::net::SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let issuer = state.config.server.public_url.clone();
-    match login(&state, &headers, source(&addr), form).await {
+    match login(&state, &headers, addr, form).await {
         Ok(res) => res,
         Err(e) => e.into_response(&issuer),
+    }
+}
+
+/// "Try again in …" for a person.
+fn wait_words(secs: u64) -> String {
+    match secs {
+        0..=1 => "a second".into(),
+        2..=119 => format!("{secs} seconds"),
+        _ => format!("{} minutes", secs.div_ceil(60)),
     }
 }
 
 async fn login(
     state: &AppState,
     headers: &HeaderMap,
-    source: Option<String>,
+    addr: IpAddr,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Result<Response, AuthorizeError> {
+    let source = Some(addr.to_string());
+    if cross_site(state, headers) {
+        return Err(forged_form());
+    }
     let Ok(Form(form)) = form else {
         return Err(expired_form());
     };
     let req = validate(state, &form.request).await?;
     if !session::csrf_ok(state, headers, "login", &req.raw, &form.csrf) {
-        return Err(expired_form());
+        return Err(forged_form());
     }
     let (nonce, _) = session::csrf_nonce(state, headers);
     let now = state.clock.now();
@@ -547,6 +606,51 @@ async fn login(
     };
     let wrong = "That did not work. Check the key, or the email and password, and try again.";
 
+    // Failed attempts count per address and per account (hashed: the email field may
+    // hold a mistyped password). Checked before any credential, so a locked account
+    // cannot be probed; counted only on failure.
+    let limits = &state.config.limits;
+    let by_address = Bucket::address("sign_in", addr);
+    let by_account = (form.api_key.trim().is_empty() && !form.email.trim().is_empty())
+        .then(|| Bucket::account("sign_in", &form.email));
+    let mut over = limits::check(&state.store, &by_address, limits.sign_in_per_address, now)
+        .await?
+        .err();
+    if over.is_none()
+        && let (Some(bucket), Some(rate)) = (&by_account, limits.sign_in_per_account)
+    {
+        over = limits::counts(&state.store, bucket, rate, now)
+            .await?
+            .check_progressive(now, rate)
+            .err();
+    }
+    if let Some(e) = over {
+        tracing::info!(client.address = %addr, retry_after = e.retry_after_secs, "sign-in throttled");
+        let message = format!(
+            "Too many failed attempts. Try again in {}.",
+            wait_words(e.retry_after_secs)
+        );
+        let mut res = login_page(
+            state,
+            &req,
+            &nonce,
+            Some(&message),
+            &form.email,
+            Vec::new(),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(e.retry_after_secs));
+        return Ok(res);
+    }
+    let count_failure = || async {
+        limits::count(&state.store, &by_address, limits.sign_in_per_address, now).await?;
+        if let Some(bucket) = &by_account {
+            limits::count(&state.store, bucket, limits.sign_in_per_account, now).await?;
+        }
+        Ok::<_, crate::storage::StorageError>(())
+    };
+
     let session = if !form.api_key.trim().is_empty() {
         let found = match PlainToken::parse(TokenKind::ApiKey, form.api_key.trim()) {
             Ok(key) => state.store.find_api_key_by_hash(&key.hash()).await?,
@@ -556,8 +660,10 @@ async fn login(
             Some(k) => Session {
                 user_id: k.user_id,
                 org_id: k.org_id,
+                api_key_id: Some(k.id),
             },
             None => {
+                count_failure().await?;
                 state.store.append_audit(&failed("", "bad_api_key")).await?;
                 return Ok(login_page(
                     state,
@@ -579,6 +685,7 @@ async fn login(
         // Always verify (against a dummy hash for unknown users) so timing reveals nothing.
         let ok = verify_password(hash, form.password.clone()).await;
         let Some(user) = user.filter(|_| ok) else {
+            count_failure().await?;
             state
                 .store
                 .append_audit(&failed(&form.email, "bad_password"))
@@ -593,6 +700,21 @@ async fn login(
                 StatusCode::UNAUTHORIZED,
             ));
         };
+        if user.disabled_at.is_some() {
+            state
+                .store
+                .append_audit(&failed(&form.email, "user_disabled"))
+                .await?;
+            return Ok(login_page(
+                state,
+                &req,
+                &nonce,
+                Some("This account is disabled. Ask an administrator of your organization."),
+                &form.email,
+                Vec::new(),
+                StatusCode::FORBIDDEN,
+            ));
+        }
         let memberships = state.store.list_memberships_of_user(&user.id).await?;
         let chosen = match memberships.as_slice() {
             [] => None,
@@ -632,6 +754,7 @@ async fn login(
         Session {
             user_id: m.user_id,
             org_id: m.org_id,
+            api_key_id: None,
         }
     };
     let org = state.store.find_org(&session.org_id).await?;
@@ -660,7 +783,8 @@ async fn login(
         )
         .await?;
     let res = redirect_to(format!("/authorize?{}", req.raw));
-    Ok(with_cookie(res, session::session_cookie(state, &session)))
+    let res = with_cookie(res, session::session_cookie(state, &session));
+    Ok(with_cookie(res, session::new_csrf_nonce(state).1))
 }
 
 #[derive(Debug, Deserialize)]
@@ -672,12 +796,12 @@ pub struct ConsentForm {
 
 pub async fn post_authorize(
     State(state): State<AppState>,
-    addr: ConnectInfo<std::net::SocketAddr>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     form: Result<Form<ConsentForm>, FormRejection>,
 ) -> Response {
     let issuer = state.config.server.public_url.clone();
-    match decide(&state, &headers, source(&addr), form).await {
+    match decide(&state, &headers, Some(addr.to_string()), form).await {
         Ok(res) => res,
         Err(e) => e.into_response(&issuer),
     }
@@ -689,6 +813,9 @@ async fn decide(
     source: Option<String>,
     form: Result<Form<ConsentForm>, FormRejection>,
 ) -> Result<Response, AuthorizeError> {
+    if cross_site(state, headers) {
+        return Err(forged_form());
+    }
     let Ok(Form(form)) = form else {
         return Err(expired_form());
     };
@@ -715,7 +842,7 @@ async fn decide(
         &consent_binding(&req, &s),
         &form.csrf,
     ) {
-        return Err(expired_form());
+        return Err(forged_form());
     }
     let now = state.clock.now();
     let audit = |action: &str| {

@@ -8,7 +8,10 @@ use subtle::ConstantTimeEq;
 
 use super::clients::find_client;
 use super::error::OAuthError;
+use std::net::IpAddr;
+
 use crate::crypto::HashedToken;
+use crate::limits::Bucket;
 use crate::state::AppState;
 use crate::storage::ClientRow;
 
@@ -48,13 +51,30 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
     )))
 }
 
-/// Authenticates the client of a token or revocation request.
-pub async fn authenticate(
-    state: &AppState,
+/// The credentials a request presents, before any lookup.
+pub struct ClientCredentials {
+    pub id: String,
+    pub secret: Option<String>,
+    pub used_basic: bool,
+}
+
+/// Never shows the secret.
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("id", &self.id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("used_basic", &self.used_basic)
+            .finish()
+    }
+}
+
+/// Reads the client's credentials from the Basic header or the form, refusing both at once.
+pub(crate) fn client_credentials(
     headers: &HeaderMap,
     form_id: Option<&str>,
     form_secret: Option<&str>,
-) -> Result<ClientRow, OAuthError> {
+) -> Result<ClientCredentials, OAuthError> {
     let basic = basic_credentials(headers)?;
     if basic.is_some() && form_secret.is_some() {
         return Err(OAuthError::invalid_request(
@@ -81,9 +101,64 @@ pub async fn authenticate(
             form_secret.map(str::to_owned),
         ),
     };
-    let client = find_client(state, &id)
-        .await?
-        .ok_or_else(|| OAuthError::invalid_client("unknown client; register again", used_basic))?;
+    Ok(ClientCredentials {
+        id,
+        secret,
+        used_basic,
+    })
+}
+
+/// Authenticates the client of a token or revocation request. Wrong secrets (and
+/// unknown client ids) count against the client's and the address's limits; once one
+/// is reached, every attempt is refused with 429, even one with the right secret.
+pub async fn authenticate(
+    state: &AppState,
+    addr: IpAddr,
+    headers: &HeaderMap,
+    form_id: Option<&str>,
+    form_secret: Option<&str>,
+) -> Result<ClientRow, OAuthError> {
+    let ClientCredentials {
+        id,
+        secret,
+        used_basic,
+    } = client_credentials(headers, form_id, form_secret)?;
+    let limits = &state.config.limits;
+    let now = state.clock.now();
+    let by_client = Bucket::client("client_auth", &id);
+    let by_address = Bucket::address("client_auth", addr);
+    // Public clients present nothing to guess; only secrets are checked against limits.
+    if secret.is_some() {
+        for (bucket, rate) in [
+            (&by_client, limits.client_auth_per_client),
+            (&by_address, limits.client_auth_per_address),
+        ] {
+            if let Err(e) = crate::limits::check(&state.store, bucket, rate, now).await? {
+                tracing::info!(client.id = %id, client.address = %addr, "client authentication limit reached");
+                return Err(OAuthError::rate_limited(e));
+            }
+        }
+    }
+    let failed = |client: bool| async move {
+        if client {
+            crate::limits::count(&state.store, &by_client, limits.client_auth_per_client, now)
+                .await?;
+        }
+        crate::limits::count(
+            &state.store,
+            &by_address,
+            limits.client_auth_per_address,
+            now,
+        )
+        .await
+    };
+    let Some(client) = find_client(state, &id).await? else {
+        failed(false).await?;
+        return Err(OAuthError::invalid_client(
+            "unknown client; register again",
+            used_basic,
+        ));
+    };
     match (client.auth_method.as_str(), &client.secret_hash, secret) {
         ("none", _, _) => Ok(client),
         (method, Some(stored), Some(given)) => {
@@ -103,6 +178,7 @@ pub async fn authenticate(
                 ))
             } else {
                 tracing::info!(client.id = %client.id, "wrong client secret");
+                failed(true).await?;
                 Err(OAuthError::invalid_client(
                     "client authentication failed",
                     used_basic,
@@ -113,5 +189,46 @@ pub async fn authenticate(
             "client authentication failed",
             used_basic,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn basic(raw: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let value = format!("Basic {}", STANDARD.encode(raw));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let c = client_credentials(&basic("c%3A1:p%40ss+word"), Some("c:1"), None).unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.secret.as_deref(), c.used_basic),
+            ("c:1", Some("p@ss word"), true)
+        );
+    }
+
+    #[test]
+    fn one_method_at_a_time_and_the_ids_must_agree() {
+        let both = client_credentials(&basic("c1:s"), None, Some("s")).unwrap_err();
+        assert_eq!(both.code, super::super::ErrorCode::InvalidRequest);
+        let differ = client_credentials(&basic("c1:s"), Some("c2"), None).unwrap_err();
+        assert_eq!(differ.code, super::super::ErrorCode::InvalidRequest);
+        let none = client_credentials(&HeaderMap::new(), None, Some("s")).unwrap_err();
+        assert_eq!(none.code, super::super::ErrorCode::InvalidClient);
+        let post = client_credentials(&HeaderMap::new(), Some("c1"), Some("s")).unwrap();
+        assert_eq!(
+            (post.id.as_str(), post.secret.as_deref(), post.used_basic),
+            ("c1", Some("s"), false)
+        );
     }
 }

@@ -72,3 +72,42 @@ pub fn verified_domain(client: &ClientRow) -> Option<String> {
         })
         .flatten()
 }
+
+/// Deletes dynamically registered clients that never obtained a token within
+/// `oauth.unused_client_ttl_secs` of registering, or whose last token is older than
+/// `oauth.idle_client_ttl_secs`, revoking anything still issued to them. Returns how
+/// many went. Safe to run on several instances at once: a client deleted by another is
+/// simply not found.
+pub async fn collect_unused(state: &AppState) -> Result<usize, StorageError> {
+    let now = state.clock.now();
+    let cfg = &state.config.oauth;
+    if cfg.unused_client_ttl_secs.is_none() && cfg.idle_client_ttl_secs.is_none() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    loop {
+        let batch = state
+            .store
+            .collectable_clients(
+                cfg.unused_client_ttl_secs.map(|t| now - t),
+                cfg.idle_client_ttl_secs.map(|t| now - t),
+                500,
+            )
+            .await?;
+        let full = batch.len() == 500;
+        for (id, never_used) in batch {
+            let reason = if never_used { "unused" } else { "idle" };
+            let audit = crate::storage::AuditEntry::new(now, "system", "client.collected")
+                .target(format!("client:{id}"))
+                .detail(serde_json::json!({ "reason": reason }));
+            match state.store.delete_client(&id, now, audit).await {
+                Ok(()) => removed += 1,
+                Err(StorageError::NotFound) => {} // another instance got there first
+                Err(e) => return Err(e),
+            }
+        }
+        if !full {
+            return Ok(removed);
+        }
+    }
+}

@@ -51,6 +51,9 @@ pub struct OAuthError {
     pub description: String,
     /// The client authenticated with HTTP Basic: a 401 must then challenge Basic.
     pub basic_challenge: bool,
+    /// Over an abuse limit: answered 429 with this `Retry-After` (never 401, which
+    /// would send a client back to authenticate in a loop).
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -59,6 +62,7 @@ impl OAuthError {
             code,
             description: description.into(),
             basic_challenge: false,
+            retry_after: None,
         }
     }
 
@@ -68,6 +72,19 @@ impl OAuthError {
 
     pub fn invalid_grant(d: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidGrant, d)
+    }
+
+    pub fn rate_limited(limit: crate::limits::Exceeded) -> Self {
+        Self {
+            retry_after: Some(limit.retry_after_secs),
+            ..Self::new(
+                ErrorCode::TemporarilyUnavailable,
+                format!(
+                    "too many attempts; try again in {} seconds",
+                    limit.retry_after_secs
+                ),
+            )
+        }
     }
 
     pub fn invalid_client(d: impl Into<String>, basic: bool) -> Self {
@@ -96,6 +113,7 @@ impl From<StorageError> for OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let status = match self.code {
+            _ if self.retry_after.is_some() => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -120,7 +138,9 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static(challenge),
             );
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         }
         res

@@ -1,26 +1,41 @@
 //! `POST /introspect` (RFC 7662), for authenticated clients allowed to introspect
 //! (operator-registered confidential clients).
 
-use axum::extract::{RawForm, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::client_auth::authenticate;
 use super::error::{ErrorCode, OAuthError};
-use super::form::Params;
-use crate::crypto::jwt;
+use super::form::FormParams;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
+use crate::limits::ClientAddr;
 use crate::state::AppState;
 
 pub async fn post_introspect(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-    RawForm(body): RawForm,
+    FormParams(params): FormParams,
 ) -> Result<Response, OAuthError> {
-    let params = Params::parse(&body)?;
     let get = |name: &str| params.get(name);
-    let client = authenticate(&state, &headers, get("client_id"), get("client_secret")).await?;
+    let client = authenticate(
+        &state,
+        addr,
+        &headers,
+        get("client_id"),
+        get("client_secret"),
+    )
+    .await?;
+    // A public client proves nothing by naming itself: no authentication, no answer
+    // (RFC 7662 §2.1, §2.3), and no hint whether the token is live.
+    if client.auth_method == "none" {
+        return Err(OAuthError::invalid_client(
+            "introspection requires client authentication",
+            false,
+        ));
+    }
     if !client.can_introspect {
         return Err(OAuthError::new(
             ErrorCode::UnauthorizedClient,
@@ -56,7 +71,11 @@ pub async fn post_introspect(
             },
             Err(_) => inactive,
         },
-        _ => match jwt::verify(&state.keys, token, issuer, state.resource.as_str(), now) {
+        _ => match state
+            .keys
+            .verify(&state.store, token, issuer, state.resource.as_str(), now)
+            .await
+        {
             Ok(c)
                 if !state
                     .store

@@ -48,5 +48,5 @@ pub async fn get_authorization_server_metadata(State(state): State<AppState>) ->
 }
 
 pub async fn get_jwks(State(state): State<AppState>) -> Response {
-    cacheable_json(state.keys.jwks())
+    cacheable_json(state.keys.current().jwks())
 }

@@ -1,17 +1,17 @@
 //! The OAuth 2.1 authorization server. Imports domain, crypto, storage and http; never mcp.
 
-mod authorize;
+pub(crate) mod authorize;
 mod cimd;
-mod client_auth;
+pub(crate) mod client_auth;
 pub mod clients;
 mod error;
-mod form;
+pub(crate) mod form;
 mod introspect;
 mod metadata;
-mod register;
+pub(crate) mod register;
 mod revoke;
 mod session;
-mod token;
+pub(crate) mod token;
 
 use axum::Router;
 use axum::http::{HeaderValue, Method, header};

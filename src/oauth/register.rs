@@ -12,6 +12,7 @@ use super::error::{ErrorCode, OAuthError};
 use crate::crypto::random;
 use crate::crypto::{PlainToken, TokenKind};
 use crate::domain::RedirectUri;
+use crate::limits::{self, Bucket, ClientAddr};
 use crate::state::AppState;
 use crate::storage::AuditEntry;
 use crate::storage::oauth::NewClient;
@@ -31,18 +32,18 @@ pub struct RegisterRequest {
     other: serde_json::Map<String, serde_json::Value>,
 }
 
-struct Registration {
-    name: String,
-    redirect_uris: Vec<RedirectUri>,
-    auth_method: &'static str,
-    grant_types: Vec<String>,
+pub(crate) struct Registration {
+    pub(crate) name: String,
+    pub(crate) redirect_uris: Vec<RedirectUri>,
+    pub(crate) auth_method: &'static str,
+    pub(crate) grant_types: Vec<String>,
 }
 
 fn metadata_error(d: impl Into<String>) -> OAuthError {
     OAuthError::new(ErrorCode::InvalidClientMetadata, d)
 }
 
-fn parse(req: RegisterRequest) -> Result<Registration, OAuthError> {
+pub(crate) fn parse(req: RegisterRequest) -> Result<Registration, OAuthError> {
     let uris = req.redirect_uris.unwrap_or_default();
     if uris.is_empty() {
         return Err(OAuthError::new(
@@ -123,6 +124,7 @@ fn parse(req: RegisterRequest) -> Result<Registration, OAuthError> {
 
 pub async fn post_register(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     body: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<Response, OAuthError> {
     let Json(req) = body.map_err(|e| {
@@ -133,6 +135,14 @@ pub async fn post_register(
     })?;
     let reg = parse(req)?;
     let now = state.clock.now();
+    let bucket = Bucket::address("register", addr);
+    let rate = state.config.limits.register;
+    limits::check(&state.store, &bucket, rate, now)
+        .await?
+        .map_err(|e| {
+            tracing::info!(client.address = %addr, "registration limit reached");
+            OAuthError::rate_limited(e)
+        })?;
     let redirects: Vec<String> = reg
         .redirect_uris
         .iter()
@@ -167,7 +177,7 @@ pub async fn post_register(
         .store
         .insert_client(
             NewClient {
-                id: random::id("client"),
+                id: random::long_id("client"),
                 origin: "dcr",
                 name: reg.name.clone(),
                 redirect_uris: redirects.clone(),
@@ -181,6 +191,9 @@ pub async fn post_register(
             AuditEntry::new(now, "anonymous", "client.register"),
         )
         .await?;
+    if created {
+        limits::count(&state.store, &bucket, rate, now).await?;
+    }
     tracing::info!(client.id = %row.id, created, "client registered");
     let mut body = metadata;
     body["client_id"] = row.id.clone().into();

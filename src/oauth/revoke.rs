@@ -1,27 +1,34 @@
 //! `POST /revoke` (RFC 7009): refresh tokens (their whole family), access tokens (by
 //! `jti`) and personal access tokens. Unknown tokens get 200, as the RFC requires.
 
-use axum::extract::{RawForm, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::client_auth::authenticate;
 use super::error::OAuthError;
-use super::form::Params;
-use crate::crypto::jwt;
+use super::form::FormParams;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
+use crate::limits::ClientAddr;
 use crate::state::AppState;
 use crate::storage::AuditEntry;
 
 pub async fn post_revoke(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-    RawForm(body): RawForm,
+    FormParams(params): FormParams,
 ) -> Result<Response, OAuthError> {
-    let params = Params::parse(&body)?;
     let get = |name: &str| params.get(name);
     let token = params.require("token")?;
-    let client = authenticate(&state, &headers, get("client_id"), get("client_secret")).await?;
+    let client = authenticate(
+        &state,
+        addr,
+        &headers,
+        get("client_id"),
+        get("client_secret"),
+    )
+    .await?;
     let now = state.clock.now();
     let audit = |action: &str| AuditEntry::new(now, format!("client:{}", client.id), action);
     match TokenKind::of(token) {
@@ -51,8 +58,10 @@ pub async fn post_revoke(
         _ => {
             // An access token: only ours count, checked by signature; its jti is then denied.
             let issuer = &state.config.server.public_url;
-            if let Ok(claims) =
-                jwt::verify(&state.keys, token, issuer, state.resource.as_str(), now)
+            if let Ok(claims) = state
+                .keys
+                .verify(&state.store, token, issuer, state.resource.as_str(), now)
+                .await
                 && claims.client_id == client.id
             {
                 let jti = HashedToken::of(&claims.jti);

@@ -41,11 +41,18 @@ pub fn csrf_nonce(state: &AppState, headers: &HeaderMap) -> (String, Option<Head
     {
         Some(v) => (v, None),
         None => {
-            let v = random::base62(32);
-            let set = cookie_header(state, CSRF_COOKIE, &v, SESSION_SECS);
+            let (v, set) = new_csrf_nonce(state);
             (v, set)
         }
     }
+}
+
+/// A new CSRF nonce and its `Set-Cookie`. Sign-in replaces the nonce the browser had,
+/// so nothing set before sign-in (possibly by someone else) outlives it.
+pub fn new_csrf_nonce(state: &AppState) -> (String, Option<HeaderValue>) {
+    let v = random::base62(32);
+    let set = cookie_header(state, CSRF_COOKIE, &v, SESSION_SECS);
+    (v, set)
 }
 
 /// A CSRF token bound to the browser's nonce and to what the form is about.
@@ -71,11 +78,15 @@ pub fn csrf_ok(
 pub struct Session {
     pub user_id: String,
     pub org_id: String,
+    /// The API key the user signed in with (`None`: a password). The session lasts only
+    /// as long as the key, and the grants made in it are revoked with it.
+    pub api_key_id: Option<String>,
 }
 
 pub fn session_cookie(state: &AppState, s: &Session) -> Option<HeaderValue> {
     let exp = state.clock.now() + SESSION_SECS;
-    let body = format!("{}.{}.{exp}", s.user_id, s.org_id);
+    let via = s.api_key_id.as_deref().unwrap_or("-");
+    let body = format!("{}.{}.{exp}.{via}", s.user_id, s.org_id);
     let tag = state.mac.sign("session", &[&body]);
     cookie_header(
         state,
@@ -96,8 +107,13 @@ pub fn current_session(state: &AppState, headers: &HeaderMap) -> Option<Session>
     if exp.parse::<i64>().ok()? <= state.clock.now() {
         return None;
     }
+    let api_key_id = match parts.next() {
+        None | Some("-") => None,
+        Some(id) => Some(id.to_owned()),
+    };
     Some(Session {
         user_id: user_id.to_owned(),
         org_id: org_id.to_owned(),
+        api_key_id,
     })
 }

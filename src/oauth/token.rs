@@ -1,28 +1,33 @@
 //! `POST /token`: the authorization-code and refresh-token grants.
 
-use axum::extract::{RawForm, State};
+use std::net::IpAddr;
+
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::client_auth::authenticate;
 use super::error::{ErrorCode, OAuthError};
-use super::form::Params;
+use super::form::{FormParams, Params};
 use crate::crypto::jwt::{self, AccessClaims};
 use crate::crypto::mac::{open, seal};
 use crate::crypto::{HashedToken, PlainToken, TokenKind, random};
 use crate::domain::{CodeChallenge, CodeVerifier, ScopeSet};
+use crate::limits::ClientAddr;
+use crate::metrics::{ClientOrigin, Grant as MetricGrant, TokenRejection};
 use crate::state::AppState;
 use crate::storage::oauth::{CodeRedemption, IssuedTokens, RefreshOutcome};
-use crate::storage::{AuditEntry, ClientRow};
+use crate::storage::{AuditEntry, ClientRow, CodeRow};
 
 const SUCCESSOR: &str = "refresh-successor";
 
 /// The form, parsed into one variant per grant so a handler never unwraps an option.
-enum TokenRequest {
+pub(crate) enum TokenRequest {
     AuthorizationCode {
         code: String,
-        redirect_uri: String,
+        /// OAuth 2.1 clients may leave it out; when sent, it must match (§4.1.3).
+        redirect_uri: Option<String>,
         verifier: CodeVerifier,
     },
     RefreshToken {
@@ -41,11 +46,11 @@ struct TokenResponse {
     scope: String,
 }
 
-fn parse_request(p: &Params) -> Result<TokenRequest, OAuthError> {
+pub(crate) fn parse_request(p: &Params) -> Result<TokenRequest, OAuthError> {
     match p.get("grant_type") {
         Some("authorization_code") => Ok(TokenRequest::AuthorizationCode {
             code: p.require("code")?.to_owned(),
-            redirect_uri: p.require("redirect_uri")?.to_owned(),
+            redirect_uri: p.get("redirect_uri").map(str::to_owned),
             verifier: CodeVerifier::parse(p.require("code_verifier")?)
                 .map_err(|e| OAuthError::invalid_grant(e.to_string()))?,
         }),
@@ -74,14 +79,60 @@ fn json_no_store(body: &impl Serialize) -> Response {
 
 pub async fn post_token(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
-    RawForm(body): RawForm,
+    FormParams(params): FormParams,
 ) -> Result<Response, OAuthError> {
-    let params = Params::parse(&body)?;
+    let result = token(&state, addr, &headers, params).await;
+    if let Err(e) = &result {
+        let why = match e.retry_after {
+            Some(_) => TokenRejection::RateLimited,
+            None => rejection(e.code),
+        };
+        state.metrics.oauth.token_rejected(why);
+    }
+    result
+}
+
+fn rejection(code: ErrorCode) -> TokenRejection {
+    match code {
+        ErrorCode::InvalidRequest => TokenRejection::InvalidRequest,
+        ErrorCode::InvalidClient => TokenRejection::InvalidClient,
+        ErrorCode::InvalidGrant => TokenRejection::InvalidGrant,
+        ErrorCode::UnauthorizedClient => TokenRejection::UnauthorizedClient,
+        ErrorCode::UnsupportedGrantType => TokenRejection::UnsupportedGrantType,
+        ErrorCode::InvalidScope => TokenRejection::InvalidScope,
+        ErrorCode::InvalidTarget => TokenRejection::InvalidTarget,
+        ErrorCode::ServerError => TokenRejection::ServerError,
+        ErrorCode::TemporarilyUnavailable => TokenRejection::TemporarilyUnavailable,
+        _ => TokenRejection::Other,
+    }
+}
+
+/// Counts tokens issued to `client` by `grant`.
+fn issued(state: &AppState, grant: MetricGrant, client: &ClientRow) {
+    let origin = match client.origin.as_str() {
+        "cimd" => ClientOrigin::Cimd,
+        "static" => ClientOrigin::Preregistered,
+        _ => ClientOrigin::Registered,
+    };
+    state
+        .metrics
+        .oauth
+        .token_issued(grant, origin, client.auth_method == "none");
+}
+
+async fn token(
+    state: &AppState,
+    addr: IpAddr,
+    headers: &HeaderMap,
+    params: Params,
+) -> Result<Response, OAuthError> {
     let request = parse_request(&params)?;
     let client = authenticate(
-        &state,
-        &headers,
+        state,
+        addr,
+        headers,
         params.get("client_id"),
         params.get("client_secret"),
     )
@@ -97,11 +148,14 @@ pub async fn post_token(
             code,
             redirect_uri,
             verifier,
-        } => exchange_authorization_code(&state, &client, &code, &redirect_uri, &verifier).await,
+        } => {
+            exchange_authorization_code(state, &client, &code, redirect_uri.as_deref(), &verifier)
+                .await
+        }
         TokenRequest::RefreshToken {
             refresh_token,
             scope,
-        } => refresh(&state, &client, &refresh_token, scope.as_deref()).await,
+        } => refresh(state, &client, &refresh_token, scope.as_deref()).await,
     }
 }
 
@@ -143,7 +197,7 @@ fn mint(
         iat: now,
         jti: jti.clone(),
     };
-    let access_token = jwt::sign(&state.keys, &claims)
+    let access_token = jwt::sign(&state.keys.current(), &claims)
         .map_err(|_| OAuthError::new(ErrorCode::ServerError, "signing failed"))?;
     let refresh = with_refresh.then(|| PlainToken::generate(TokenKind::Refresh));
     let refresh_expires = now + state.config.tokens.refresh_ttl_secs;
@@ -174,7 +228,7 @@ async fn exchange_authorization_code(
     state: &AppState,
     client: &ClientRow,
     code: &str,
-    redirect_uri: &str,
+    redirect_uri: Option<&str>,
     verifier: &CodeVerifier,
 ) -> Result<Response, OAuthError> {
     let Ok(code) = PlainToken::parse(TokenKind::Code, code) else {
@@ -183,21 +237,28 @@ async fn exchange_authorization_code(
     let now = state.clock.now();
     let audit = AuditEntry::new(now, format!("client:{}", client.id), "oauth.tokens_issued")
         .detail(serde_json::json!({ "grant_type": "authorization_code" }));
+    // Whether this request could have redeemed the code: only such a request, if the
+    // code was spent already, revokes what it gave (a wrong verifier or another client
+    // proves nothing, and must not let whoever saw a code end its session).
+    let matches = |row: &CodeRow| -> Result<(), String> {
+        if row.client_id != client.id {
+            return Err("the code was issued to another client".into());
+        }
+        if redirect_uri.is_some_and(|r| r != row.redirect_uri) {
+            return Err("redirect_uri does not match the authorization request".into());
+        }
+        if !CodeChallenge::from_stored(row.code_challenge.clone()).verify(verifier) {
+            return Err("code_verifier does not match the code_challenge".into());
+        }
+        Ok(())
+    };
     let outcome = state
         .store
         .redeem_code(
             code.hash().as_str(),
             now,
+            matches,
             |row| {
-                if row.client_id != client.id {
-                    return Err("the code was issued to another client".into());
-                }
-                if row.redirect_uri != redirect_uri {
-                    return Err("redirect_uri does not match the authorization request".into());
-                }
-                if !CodeChallenge::from_stored(row.code_challenge.clone()).verify(verifier) {
-                    return Err("code_verifier does not match the code_challenge".into());
-                }
                 let scopes = ScopeSet::parse(&row.scopes).unwrap_or_default();
                 let with_refresh = state.config.oauth.always_issue_refresh_token
                     || scopes.contains("offline_access");
@@ -219,7 +280,10 @@ async fn exchange_authorization_code(
         )
         .await?;
     match outcome {
-        CodeRedemption::Redeemed(response) => Ok(json_no_store(&response)),
+        CodeRedemption::Redeemed(response) => {
+            issued(state, MetricGrant::AuthorizationCode, client);
+            Ok(json_no_store(&response))
+        }
         CodeRedemption::Rejected(reason) => Err(OAuthError::invalid_grant(reason)),
         CodeRedemption::Replayed => {
             tracing::warn!(client.id = %client.id, "authorization code replayed; its tokens are revoked");
@@ -288,9 +352,13 @@ async fn refresh(
         )
         .await?;
     match outcome {
-        RefreshOutcome::Rotated(response) => Ok(json_no_store(&response)),
+        RefreshOutcome::Rotated(response) => {
+            issued(state, MetricGrant::RefreshToken, client);
+            Ok(json_no_store(&response))
+        }
         RefreshOutcome::Refused(e) => Err(e),
         RefreshOutcome::Retried(sealed) => {
+            state.metrics.oauth.refresh_retried();
             let body = open(token.expose(), SUCCESSOR, &sealed)
                 .ok_or_else(|| OAuthError::invalid_grant("the refresh token was already used"))?;
             let response: TokenResponse = serde_json::from_slice(&body)
@@ -298,6 +366,7 @@ async fn refresh(
             Ok(json_no_store(&response))
         }
         RefreshOutcome::ReuseDetected { family_id } => {
+            state.metrics.oauth.refresh_reuse_detected();
             tracing::warn!(client.id = %client.id, family.id = %family_id, "refresh token reused after rotation; family revoked");
             Err(OAuthError::invalid_grant(
                 "the refresh token was already used; sign in again",

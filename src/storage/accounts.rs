@@ -1,4 +1,6 @@
+use super::BeginWrite;
 use super::audit::insert_audit;
+use super::oauth::revoke_families_where;
 use super::{AuditEntry, MemberRow, OnUnique, OrgRow, StorageError, Store, UserRow, with_pool};
 use crate::crypto::HashedToken;
 use crate::crypto::random;
@@ -6,7 +8,7 @@ use crate::domain::org::OrgName;
 use crate::domain::{DisplayName, Email, OrgSlug, OrgStatus, Role};
 
 const ORG_COLUMNS: &str = "id, slug, name, status, created_at, daily_tool_call_quota";
-const USER_COLUMNS: &str = "id, email, display_name, password_hash, created_at";
+const USER_COLUMNS: &str = "id, email, display_name, password_hash, created_at, disabled_at";
 const MEMBER_SELECT: &str = "SELECT m.org_id, o.slug AS org_slug, m.user_id, u.email, u.display_name, m.role, m.created_at \
      FROM memberships m JOIN organizations o ON o.id = m.org_id JOIN users u ON u.id = m.user_id";
 
@@ -29,7 +31,7 @@ impl Store {
             "INSERT INTO organizations (id, slug, name, status, created_at) VALUES ($1, $2, $3, 'active', $4) RETURNING {ORG_COLUMNS}"
         );
         let org = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let org = sqlx::query_as::<_, OrgRow>(&sql)
                 .bind(&id)
                 .bind(slug.as_str())
@@ -85,13 +87,24 @@ impl Store {
         let sql =
             format!("UPDATE organizations SET status = $1 WHERE slug = $2 RETURNING {ORG_COLUMNS}");
         let org = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let org = sqlx::query_as::<_, OrgRow>(&sql)
                 .bind(status.as_str())
                 .bind(slug.as_str())
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or(StorageError::NotFound)?;
+            // Suspension ends every OAuth grant in the organization (users connect again
+            // after reactivation); PATs and API keys are refused while it lasts.
+            if status == OrgStatus::Suspended {
+                revoke_families_where!(
+                    tx,
+                    "org_id = $2",
+                    audit.at,
+                    "organization_suspended",
+                    &org.id
+                );
+            }
             let audit = audit
                 .org(&org.id)
                 .target(format!("org:{}", org.slug))
@@ -116,7 +129,7 @@ impl Store {
             "INSERT INTO users (id, email, display_name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING {USER_COLUMNS}"
         );
         let user = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let user = sqlx::query_as::<_, UserRow>(&sql)
                 .bind(&id)
                 .bind(email.as_str())
@@ -148,6 +161,46 @@ impl Store {
             .await?))
     }
 
+    /// Disables a user (revoking their API keys, PATs and OAuth grants everywhere; they
+    /// cannot sign in) or enables them again (with no credentials: they get new ones).
+    pub async fn set_user_disabled(
+        &self,
+        email: &Email,
+        disabled: bool,
+        now: i64,
+        audit: AuditEntry,
+    ) -> Result<UserRow, StorageError> {
+        let sql = format!(
+            "UPDATE users SET disabled_at = CASE WHEN $1 THEN COALESCE(disabled_at, $2) END \
+             WHERE email = $3 RETURNING {USER_COLUMNS}"
+        );
+        Ok(with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let user = sqlx::query_as::<_, UserRow>(&sql)
+                .bind(disabled)
+                .bind(now)
+                .bind(email.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StorageError::NotFound)?;
+            if disabled {
+                for table in ["api_keys", "personal_access_tokens"] {
+                    sqlx::query(&format!(
+                        "UPDATE {table} SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL"
+                    ))
+                    .bind(now)
+                    .bind(&user.id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                revoke_families_where!(tx, "user_id = $2", now, "user_disabled", &user.id);
+            }
+            insert_audit!(&audit.target(format!("user:{}", user.id)), &mut *tx)?;
+            tx.commit().await?;
+            user
+        }))
+    }
+
     pub async fn set_user_password(
         &self,
         email: &Email,
@@ -155,7 +208,7 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let id: Option<String> = sqlx::query_scalar(
                 "UPDATE users SET password_hash = $1 WHERE email = $2 RETURNING id",
             )
@@ -179,7 +232,7 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("INSERT INTO memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
                 .bind(&org.id)
                 .bind(&user.id)
@@ -208,7 +261,7 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let role: Option<String> = sqlx::query_scalar(
                 "SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2",
             )
@@ -246,6 +299,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            revoke_families_where!(
+                tx,
+                "org_id = $2 AND user_id = $3",
+                now,
+                "member_removed",
+                &org.id,
+                &user.id
+            );
             insert_audit!(
                 &audit.org(&org.id).target(format!("user:{}", user.id)),
                 &mut *tx
@@ -270,7 +331,10 @@ impl Store {
         org_id: &str,
         user_id: &str,
     ) -> Result<Option<MemberRow>, StorageError> {
-        let sql = format!("{MEMBER_SELECT} WHERE m.org_id = $1 AND m.user_id = $2");
+        // A disabled user's membership does not count (their browser session ends).
+        let sql = format!(
+            "{MEMBER_SELECT} WHERE m.org_id = $1 AND m.user_id = $2 AND u.disabled_at IS NULL"
+        );
         Ok(with_pool!(self, |pool| sqlx::query_as::<_, MemberRow>(
             &sql
         )
@@ -300,7 +364,7 @@ impl Store {
              ON CONFLICT (email) DO UPDATE SET email = excluded.email RETURNING {USER_COLUMNS}"
         );
         let created = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
                 .fetch_one(&mut *tx)
                 .await?;

@@ -1,4 +1,6 @@
+use super::BeginWrite;
 use super::audit::insert_audit;
+use super::oauth::revoke_families_where;
 use super::{ApiKeyRow, AuditEntry, OnUnique, PatRow, StorageError, Store, with_pool};
 use crate::crypto::HashedToken;
 use crate::crypto::random;
@@ -48,7 +50,7 @@ impl Store {
     ) -> Result<ApiKeyRow, StorageError> {
         let id = random::id("key");
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO api_keys (id, user_id, org_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -113,7 +115,7 @@ impl Store {
     ) -> Result<PatRow, StorageError> {
         let id = random::id("pat");
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO personal_access_tokens (id, user_id, org_id, name, scopes, token_hash, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -205,7 +207,7 @@ impl Store {
         let update =
             format!("UPDATE {table} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL");
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let row: Option<(String, Option<i64>)> = sqlx::query_as(&select)
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -219,6 +221,10 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            // The OAuth grants a user made after signing in with this key go with it.
+            if matches!(kind, Credential::ApiKey) {
+                revoke_families_where!(tx, "api_key_id = $2", now, "api_key_revoked", id);
+            }
             insert_audit!(&audit.org(org_id).target(id.to_owned()), &mut *tx)?;
             tx.commit().await?;
         });

@@ -1,6 +1,7 @@
 //! What the MCP account tools need: the daily tool-call quota, usage counters, last-use
 //! times, the user's OAuth connections and PATs, and idempotency keys.
 
+use super::BeginWrite;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
@@ -76,7 +77,7 @@ impl Store {
             ));
         }
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let slug: Option<String> = sqlx::query_scalar(
                 "UPDATE organizations SET daily_tool_call_quota = $1 WHERE id = $2 RETURNING slug",
             )
@@ -118,7 +119,7 @@ impl Store {
                    errors = tool_usage.errors + excluded.errors, \
                    total_latency_us = tool_usage.total_latency_us + excluded.total_latency_us";
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for r in &sorted {
                 sqlx::query(sql)
                     .bind(&r.org_id)
@@ -205,7 +206,7 @@ impl Store {
         let mut families: Vec<&(String, i64)> = families.iter().collect();
         families.sort();
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for (hash, at) in &pats {
                 sqlx::query(
                     "UPDATE personal_access_tokens SET last_used_at = $1 \
@@ -249,7 +250,7 @@ impl Store {
             return Ok(());
         }
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for entry in entries {
                 insert_audit!(entry, &mut *tx)?;
             }
@@ -284,7 +285,7 @@ impl Store {
              SELECT f.client_id, r.scopes FROM oauth_refresh_tokens r JOIN oauth_families f ON f.id = r.family_id \
              WHERE f.org_id = $1 AND f.user_id = $2 AND f.revoked_at IS NULL";
         let (rows, grants) = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(summary)
                 .bind(org_id)
                 .bind(user_id)
@@ -345,7 +346,7 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<u64, StorageError> {
         Ok(with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             // Codes first: a code being redeemed right now either commits its family
             // before this delete returns (and the family is found below) or is gone.
             sqlx::query(

@@ -9,6 +9,7 @@
 mod accounts;
 mod audit;
 pub mod credentials;
+mod limits;
 mod mcp;
 pub mod oauth;
 pub mod records;
@@ -51,7 +52,18 @@ impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::RowNotFound => Self::NotFound,
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            // Connection exceptions (08…) and the server shutting down or starting up
+            // (57P01..57P03): the database is going away or coming back, not refusing us.
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+            {
                 Self::Unavailable(e)
             }
             other => Self::Database(other),
@@ -75,10 +87,52 @@ impl<T> OnUnique<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// A sample of the connection pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub size: u64,
+    pub idle: u64,
+    pub max: u64,
+}
+
 #[derive(Debug, Clone)]
 pub enum Store {
     Postgres(PgPool),
     Sqlite(SqlitePool),
+}
+
+/// Starts a transaction that may write. On SQLite it takes the write lock at `BEGIN`
+/// (`IMMEDIATE`): a deferred transaction that reads first and then writes fails at once
+/// with `SQLITE_BUSY` when another connection wrote in between (the metering flush, say),
+/// where waiting for the lock would have succeeded.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send;
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>,
+    > + Send {
+        self.begin()
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>,
+    > + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool, once per backend.
@@ -91,6 +145,16 @@ macro_rules! with_pool {
     };
 }
 pub(crate) use with_pool;
+
+/// Background jobs that one instance at a time should run (advisory lock keys).
+#[derive(Debug, Clone, Copy)]
+#[repr(i64)]
+pub enum JobKey {
+    Housekeeping = 7_308_190_001,
+}
+
+/// Held while a background job runs; dropping it releases the claim.
+pub struct JobLock(#[allow(dead_code)] Option<sqlx::Transaction<'static, sqlx::Postgres>>);
 
 impl Store {
     /// Opens a pool (creating the SQLite file if needed) and checks that it answers.
@@ -105,19 +169,35 @@ impl Store {
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(cfg.max_connections)
-                .acquire_timeout(cfg.connect_timeout)
+                .acquire_timeout(cfg.acquire_timeout)
                 .connect_with(opts)
                 .await
                 .map_err(StorageError::Unavailable)?;
             Ok(Self::Sqlite(pool))
         } else {
+            let opts = sqlx::postgres::PgConnectOptions::from_str(&cfg.url)
+                .map_err(|e| StorageError::Migration(format!("database.url: {e}")))?;
             let pool = PgPoolOptions::new()
                 .max_connections(cfg.max_connections)
-                .acquire_timeout(cfg.connect_timeout)
-                .connect(&cfg.url)
-                .await
-                .map_err(StorageError::Unavailable)?;
-            Ok(Self::Postgres(pool))
+                .acquire_timeout(cfg.acquire_timeout)
+                .connect_lazy_with(opts);
+            let store = Self::Postgres(pool);
+            // Start-up waits up to connect_timeout for a database that is still starting.
+            let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+            loop {
+                match store.ping().await {
+                    Ok(()) => return Ok(store),
+                    Err(StorageError::Unavailable(e))
+                        if tokio::time::Instant::now() >= deadline =>
+                    {
+                        return Err(StorageError::Unavailable(e));
+                    }
+                    Err(StorageError::Unavailable(_)) => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
         }
     }
 
@@ -149,12 +229,66 @@ impl Store {
         })
     }
 
+    /// Claims a background job (housekeeping) for this instance until the returned lock
+    /// is dropped; `None` when another instance on the same PostgreSQL holds it. A
+    /// transaction-scoped advisory lock: it goes with the transaction, even if this
+    /// process dies. SQLite serves one instance and always grants it.
+    pub async fn try_job_lock(&self, job: JobKey) -> Result<Option<JobLock>, StorageError> {
+        match self {
+            Self::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(job as i64)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Ok(mine.then_some(JobLock(Some(tx))))
+            }
+            Self::Sqlite(_) => Ok(Some(JobLock(None))),
+        }
+    }
+
     /// Cheap liveness check for `/readyz`.
     pub async fn ping(&self) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
             sqlx::query("SELECT 1").execute(pool).await?;
         });
         Ok(())
+    }
+
+    /// The connection pool's size, idle connections and limit, for metrics.
+    pub fn pool_stats(&self) -> PoolStats {
+        with_pool!(self, |pool| PoolStats {
+            size: u64::from(pool.size()),
+            idle: pool.num_idle() as u64,
+            max: u64::from(pool.options().get_max_connections()),
+        })
+    }
+
+    /// The file behind a `sqlite:` URL (`None` for other URLs, or one SQLite cannot read).
+    pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+        if !url.starts_with("sqlite:") {
+            return None;
+        }
+        SqliteConnectOptions::from_str(url)
+            .ok()
+            .map(|o| o.get_filename().to_path_buf())
+    }
+
+    /// Writes a consistent copy of a SQLite database to `path` (which must not exist)
+    /// while others keep using it (`VACUUM INTO`). PostgreSQL has `pg_dump` for this.
+    pub async fn backup_sqlite(&self, path: &str) -> Result<(), StorageError> {
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query("VACUUM INTO $1")
+                    .bind(path)
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+            Self::Postgres(_) => Err(StorageError::Conflict(
+                "backup works on SQLite only; for PostgreSQL use pg_dump -Fc".into(),
+            )),
+        }
     }
 
     pub async fn close(&self) {

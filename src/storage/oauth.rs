@@ -1,6 +1,7 @@
 //! OAuth state: clients, codes, consents, token families, refresh tokens, access-token
 //! ids, signing keys and shared secrets.
 
+use super::BeginWrite;
 use super::audit::insert_audit;
 use super::{
     AuditEntry, ClientRow, CodeRow, ConsentRow, RefreshRow, StorageError, Store, with_pool,
@@ -43,8 +44,10 @@ pub enum CodeRedemption<T> {
     /// The code was fresh; `T` is what the caller made of it.
     Redeemed(T),
     /// The code was valid but the request did not match it; the code is now spent.
+    /// Also a spent code presented by a request that does not match it (nothing revoked).
     Rejected(String),
-    /// The code had been used before; every token issued from it is now revoked.
+    /// The code had been used before and this request matches it; every token issued
+    /// from it is now revoked.
     Replayed,
     /// No such code, or it expired.
     Unknown,
@@ -106,11 +109,17 @@ macro_rules! insert_issued {
             .execute(&mut *$tx)
             .await?;
         }
-        sqlx::query("UPDATE oauth_clients SET last_used_at = $1 WHERE id = $2")
-            .bind($now)
-            .bind(&t.client_id)
-            .execute(&mut *$tx)
-            .await?;
+        // One client row is shared by every user of a popular client (Claude's CIMD
+        // document, say): writing it on each grant would queue all grants behind its row
+        // lock, so it is written at most once a minute.
+        sqlx::query(
+            "UPDATE oauth_clients SET last_used_at = $1 WHERE id = $2 \
+             AND (last_used_at IS NULL OR last_used_at < $1 - 60)",
+        )
+        .bind($now)
+        .bind(&t.client_id)
+        .execute(&mut *$tx)
+        .await?;
     }};
 }
 
@@ -136,6 +145,35 @@ macro_rules! revoke_family {
 }
 pub(crate) use revoke_family;
 
+/// Revokes every live token family matching `$cond` (SQL over `oauth_families`, its
+/// parameters from `$2`, bound to the trailing arguments) and their access tokens, in
+/// `$tx`. The access tokens go first, while their families still read as live.
+macro_rules! revoke_families_where {
+    ($tx:expr, $cond:literal, $now:expr, $reason:literal $(, $arg:expr)* $(,)?) => {{
+        sqlx::query(concat!(
+            "UPDATE oauth_access_tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND family_id IN \
+             (SELECT id FROM oauth_families WHERE revoked_at IS NULL AND ",
+            $cond,
+            ")"
+        ))
+        .bind($now)
+        $(.bind($arg))*
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query(concat!(
+            "UPDATE oauth_families SET revoked_at = $1, revoke_reason = '",
+            $reason,
+            "' WHERE revoked_at IS NULL AND ",
+            $cond
+        ))
+        .bind($now)
+        $(.bind($arg))*
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(crate) use revoke_families_where;
+
 impl Store {
     /// A named random secret shared by all instances, created on first use.
     pub async fn shared_secret(
@@ -160,6 +198,34 @@ impl Store {
         }))
     }
 
+    /// Replaces a shared secret's stored form (to seal one stored in clear).
+    pub async fn set_shared_secret(&self, name: &str, value: &str) -> Result<(), StorageError> {
+        with_pool!(self, |pool| {
+            sqlx::query("UPDATE server_secrets SET value = $1 WHERE name = $2")
+                .bind(value)
+                .bind(name)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Replaces a signing key's stored private half (to seal one stored in clear).
+    pub async fn set_signing_private_key(
+        &self,
+        kid: &str,
+        sealed: &str,
+    ) -> Result<(), StorageError> {
+        with_pool!(self, |pool| {
+            sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
+                .bind(sealed)
+                .bind(kid)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     pub async fn list_signing_keys(&self) -> Result<Vec<StoredKey>, StorageError> {
         let rows: Vec<(String, String, String, i64, Option<i64>)> = with_pool!(self, |pool| {
             sqlx::query_as(
@@ -180,6 +246,34 @@ impl Store {
                 },
             )
             .collect())
+    }
+
+    /// Inserts `key` unless an active key exists, and says whether it did. Instances
+    /// starting together on an empty database agree on one first key: on PostgreSQL a
+    /// transaction-scoped advisory lock serializes them (SQLite writers are serial).
+    pub async fn insert_first_signing_key(&self, key: &StoredKey) -> Result<bool, StorageError> {
+        const INSERT: &str = "INSERT INTO signing_keys (kid, alg, private_key, public_key, created_at) \
+             SELECT $1, 'EdDSA', $2, $3, $4 \
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE retired_at IS NULL)";
+        let serialize = matches!(self, Store::Postgres(_));
+        Ok(with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            if serialize {
+                sqlx::query("SELECT pg_advisory_xact_lock(7308190414)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let n = sqlx::query(INSERT)
+                .bind(&key.kid)
+                .bind(&key.private_key)
+                .bind(&key.public_key)
+                .bind(key.created_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            n == 1
+        }))
     }
 
     pub async fn insert_signing_key(&self, key: &StoredKey) -> Result<(), StorageError> {
@@ -241,7 +335,7 @@ impl Store {
         let by_key = format!("SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE dedupe_key = $1");
         let redirects = serde_json::to_string(&c.redirect_uris).unwrap_or_else(|_| "[]".into());
         let result = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let row = sqlx::query_as::<_, ClientRow>(&insert)
                 .bind(&c.id)
                 .bind(c.origin)
@@ -303,6 +397,28 @@ impl Store {
     }
 
     /// Deletes a client and revokes everything issued to it.
+    /// Dynamically registered clients due for collection, oldest first: never used
+    /// and registered before `unused_before`, or last used before `idle_before`.
+    pub async fn collectable_clients(
+        &self,
+        unused_before: Option<i64>,
+        idle_before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(String, bool)>, StorageError> {
+        Ok(with_pool!(self, |pool| {
+            sqlx::query_as::<_, (String, bool)>(
+                "SELECT id, last_used_at IS NULL FROM oauth_clients WHERE origin = 'dcr' \
+                 AND ((last_used_at IS NULL AND created_at < $1) OR last_used_at < $2) \
+                 ORDER BY created_at LIMIT $3",
+            )
+            .bind(unused_before.unwrap_or(i64::MIN))
+            .bind(idle_before.unwrap_or(i64::MIN))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     pub async fn delete_client(
         &self,
         id: &str,
@@ -310,7 +426,7 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let deleted = sqlx::query("DELETE FROM oauth_clients WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -345,8 +461,8 @@ impl Store {
     pub async fn insert_code(&self, code: &CodeRow) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
             sqlx::query(
-                "INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at, api_key_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&code.code_hash)
             .bind(&code.client_id)
@@ -359,54 +475,69 @@ impl Store {
             .bind(&code.family_id)
             .bind(code.created_at)
             .bind(code.expires_at)
+            .bind(&code.api_key_id)
             .execute(pool)
             .await?;
         });
         Ok(())
     }
 
-    /// Spends a code and, if `check` accepts the request, records the tokens it returns,
-    /// all in one transaction. A second use of a code revokes what the first issued.
+    /// Spends a code and, if the request `matches` it and `mint` succeeds, records the
+    /// tokens `mint` returns, all in one transaction. A second use of a code by a request
+    /// that matches it revokes what the first issued; one that does not revokes nothing.
     pub async fn redeem_code<T>(
         &self,
         code_hash: &str,
         now: i64,
-        check: impl FnOnce(&CodeRow) -> Result<(IssuedTokens, T), String>,
+        matches: impl Fn(&CodeRow) -> Result<(), String>,
+        mint: impl FnOnce(&CodeRow) -> Result<(IssuedTokens, T), String>,
         audit: AuditEntry,
     ) -> Result<CodeRedemption<T>, StorageError> {
         let spend = "UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL AND expires_at > $1 \
-                     RETURNING code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at, used_at";
+                     RETURNING code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at, used_at, api_key_id";
         Ok(with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let row = sqlx::query_as::<_, CodeRow>(spend)
                 .bind(now)
                 .bind(code_hash)
                 .fetch_optional(&mut *tx)
                 .await?;
             let outcome = match row {
-                Some(code) => match check(&code) {
+                Some(code) => match matches(&code).and_then(|()| mint(&code)) {
                     Ok((issued, value)) => {
                         insert_issued!(tx, &issued, now, true);
+                        if let Some(key) = &code.api_key_id {
+                            sqlx::query("UPDATE oauth_families SET api_key_id = $1 WHERE id = $2")
+                                .bind(key)
+                                .bind(&issued.family_id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
                         insert_audit!(&audit, &mut *tx)?;
                         CodeRedemption::Redeemed(value)
                     }
                     Err(reason) => CodeRedemption::Rejected(reason),
                 },
                 None => {
-                    let used: Option<(String, Option<i64>)> = sqlx::query_as(
-                        "SELECT family_id, used_at FROM oauth_codes WHERE code_hash = $1",
+                    let used = sqlx::query_as::<_, CodeRow>(
+                        "SELECT code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at, used_at, api_key_id \
+                         FROM oauth_codes WHERE code_hash = $1",
                     )
                     .bind(code_hash)
                     .fetch_optional(&mut *tx)
                     .await?;
                     match used {
-                        Some((family_id, Some(_))) => {
-                            revoke_family!(tx, &family_id, now, "code_replayed");
-                            let audit = AuditEntry::new(now, "system", "oauth.code_replayed")
-                                .target(format!("family:{family_id}"));
-                            insert_audit!(&audit, &mut *tx)?;
-                            CodeRedemption::Replayed
-                        }
+                        Some(code) if code.used_at.is_some() => match matches(&code) {
+                            Err(reason) => CodeRedemption::Rejected(reason),
+                            Ok(()) => {
+                                let family_id = code.family_id;
+                                revoke_family!(tx, &family_id, now, "code_replayed");
+                                let audit = AuditEntry::new(now, "system", "oauth.code_replayed")
+                                    .target(format!("family:{family_id}"));
+                                insert_audit!(&audit, &mut *tx)?;
+                                CodeRedemption::Replayed
+                            }
+                        },
                         _ => CodeRedemption::Unknown,
                     }
                 }
@@ -417,8 +548,8 @@ impl Store {
     }
 
     /// Rotates a refresh token exactly once. `mint` makes the new pair and seals it under
-    /// the old token; retries inside `grace_secs` get that sealed pair back, later reuse
-    /// revokes the family.
+    /// the old token; retries inside `grace_secs` (0: no window) get that sealed pair
+    /// back, later reuse revokes the family.
     pub async fn rotate_refresh_token<T, E>(
         &self,
         token_hash: &str,
@@ -430,23 +561,53 @@ impl Store {
         let claim = "UPDATE oauth_refresh_tokens SET rotated_at = $1 WHERE token_hash = $2 AND client_id = $3 \
                      AND rotated_at IS NULL AND expires_at > $1 \
                      AND family_id IN (SELECT id FROM oauth_families WHERE revoked_at IS NULL)";
+        // PostgreSQL claims and reads in one round trip; SQLite cannot return columns
+        // of a joined table from an UPDATE, and its round trips cost nothing.
+        let claim_returning = "UPDATE oauth_refresh_tokens AS r SET rotated_at = $1 FROM oauth_families f \
+             WHERE r.token_hash = $2 AND r.client_id = $3 AND r.rotated_at IS NULL AND r.expires_at > $1 \
+             AND f.id = r.family_id AND f.revoked_at IS NULL \
+             RETURNING r.token_hash, r.family_id, r.client_id, r.scopes, r.resource, r.created_at, r.expires_at, \
+             r.rotated_at, r.successor, f.user_id, f.org_id, f.revoked_at AS family_revoked_at";
+        let one_trip = matches!(self, Store::Postgres(_));
         let select = format!("{REFRESH_SELECT} WHERE r.token_hash = $1");
         Ok(with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let claimed = sqlx::query(claim)
-                .bind(now)
-                .bind(token_hash)
-                .bind(client_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            let row = sqlx::query_as::<_, RefreshRow>(&select)
-                .bind(token_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let outcome = match row {
-                Some(row) if claimed => {
+            let mut tx = pool.begin_write().await?;
+            let claimed = if one_trip {
+                sqlx::query_as::<_, RefreshRow>(claim_returning)
+                    .bind(now)
+                    .bind(token_hash)
+                    .bind(client_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            } else {
+                let n = sqlx::query(claim)
+                    .bind(now)
+                    .bind(token_hash)
+                    .bind(client_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 1 {
+                    sqlx::query_as::<_, RefreshRow>(&select)
+                        .bind(token_hash)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                } else {
+                    None
+                }
+            };
+            // Not claimed: read the token to tell a retry, a reuse and a bad token apart.
+            let unclaimed = match claimed {
+                Some(_) => None,
+                None => {
+                    sqlx::query_as::<_, RefreshRow>(&select)
+                        .bind(token_hash)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+            };
+            let outcome = match (claimed, unclaimed) {
+                (Some(row), _) => {
                     let (issued, sealed, value) = match mint(&row) {
                         Ok(minted) => minted,
                         // Returning drops the transaction: the claim is rolled back.
@@ -462,13 +623,13 @@ impl Store {
                     .await?;
                     RefreshOutcome::Rotated(value)
                 }
-                Some(row)
+                (None, Some(row))
                     if row.client_id == client_id
                         && row.family_revoked_at.is_none()
                         && row.expires_at > now =>
                 {
                     match (row.rotated_at, row.successor) {
-                        (Some(at), Some(sealed)) if now - at <= grace_secs => {
+                        (Some(at), Some(sealed)) if grace_secs > 0 && now - at <= grace_secs => {
                             RefreshOutcome::Retried(sealed)
                         }
                         _ => {
@@ -501,7 +662,7 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<bool, StorageError> {
         Ok(with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let row: Option<(String, String)> = sqlx::query_as(
                 "SELECT family_id, client_id FROM oauth_refresh_tokens WHERE token_hash = $1",
             )
@@ -529,7 +690,7 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<bool, StorageError> {
         Ok(with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let n = sqlx::query(
                 "UPDATE oauth_access_tokens SET revoked_at = $1 WHERE jti_hash = $2 AND revoked_at IS NULL",
             )
@@ -584,7 +745,7 @@ impl Store {
         audit: AuditEntry,
     ) -> Result<(), StorageError> {
         with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO oauth_consents (user_id, org_id, client_id, redirect_uri, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (user_id, org_id, client_id, redirect_uri) DO UPDATE SET scopes = excluded.scopes, created_at = excluded.created_at",

@@ -21,6 +21,8 @@ pub struct UserRow {
     #[serde(skip)]
     pub password_hash: Option<String>,
     pub created_at: i64,
+    /// Set while the user is disabled: no sign-in, every credential revoked.
+    pub disabled_at: Option<i64>,
 }
 
 impl UserRow {
@@ -119,6 +121,9 @@ pub struct CodeRow {
     pub created_at: i64,
     pub expires_at: i64,
     pub used_at: Option<i64>,
+    /// The API key the user signed in with (`None`: a password), so that revoking the
+    /// key revokes the grant.
+    pub api_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -5,9 +5,12 @@ use super::{StorageError, Store, with_pool};
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StandingRow {
     pub status: String,
+    pub slug: String,
     pub daily_tool_call_quota: Option<i64>,
     /// `None` when the user is no longer a member.
     pub role: Option<String>,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
 }
 
 impl Store {
@@ -17,8 +20,9 @@ impl Store {
         org_id: &str,
         user_id: &str,
     ) -> Result<Option<StandingRow>, StorageError> {
-        const SQL: &str = "SELECT o.status, o.daily_tool_call_quota, m.role \
+        const SQL: &str = "SELECT o.status, o.slug, o.daily_tool_call_quota, m.role, u.email, u.display_name \
              FROM organizations o LEFT JOIN memberships m ON m.org_id = o.id AND m.user_id = $2 \
+             LEFT JOIN users u ON u.id = m.user_id \
              WHERE o.id = $1";
         Ok(with_pool!(self, |pool| sqlx::query_as::<_, StandingRow>(
             SQL

@@ -13,6 +13,7 @@ both_backends!(db:
     a_database_from_a_newer_version_is_refused,
     first_serve_prints_the_owner_key_once_and_stores_only_its_hash,
     org_quota_is_set_listed_cleared_and_audited,
+    backup_copies_a_live_sqlite_database_and_points_postgres_to_pg_dump,
 );
 
 async fn accounts_can_be_administered_end_to_end(db: TestDb) {
@@ -560,8 +561,67 @@ async fn help_lists_every_command() {
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in [
-        "serve", "migrate", "org", "user", "member", "key", "pat", "audit",
+        "serve", "migrate", "org", "user", "member", "key", "pat", "audit", "backup",
     ] {
         assert!(help.contains(cmd), "{cmd} missing from --help");
     }
+}
+
+async fn backup_copies_a_live_sqlite_database_and_points_postgres_to_pg_dump(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("backup.db");
+    let target_str = target.to_str().unwrap();
+    if db.backend == crate::helpers::Backend::Postgres {
+        let out = cli(&db, &["backup", target_str], None).await.failed();
+        assert!(out.stderr.contains("pg_dump -Fc"), "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1);
+        assert!(!target.exists());
+        return;
+    }
+    // Data made while the server runs, then backed up under it.
+    let (child, _) = start_server(&db).await;
+    cli(&db, &["org", "create", "acme", "--name", "Acme Corp"], None)
+        .await
+        .ok();
+    let out = cli(&db, &["--json", "backup", target_str], None).await.ok();
+    assert!(out.json()["bytes"].as_u64().unwrap() > 0);
+    cli(&db, &["org", "create", "later"], None).await.ok();
+
+    // The copy opens on its own, with the data made before it and nothing after.
+    let copy = TestDb::sqlite_at(&target);
+    let orgs = cli(&copy, &["--json", "org", "list"], None)
+        .await
+        .ok()
+        .json();
+    let slugs: Vec<&str> = orgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["slug"].as_str().unwrap())
+        .collect();
+    assert!(slugs.contains(&"acme"), "{slugs:?}");
+    assert!(
+        slugs.contains(&"default"),
+        "the first start's organization: {slugs:?}"
+    );
+    assert!(!slugs.contains(&"later"), "{slugs:?}");
+
+    // An existing file is kept unless --force.
+    let out = cli(&db, &["backup", target_str], None).await.failed();
+    assert!(out.stderr.contains("--force"), "{}", out.stderr);
+    cli(&db, &["backup", "--force", target_str], None)
+        .await
+        .ok();
+    let orgs = cli(&copy, &["--json", "org", "list"], None)
+        .await
+        .ok()
+        .json();
+    assert!(orgs.to_string().contains("later"), "{orgs}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    stop_server(child).await;
 }

@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 
 use crate::both_backends;
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, cli_env};
 
 both_backends!(
     healthz_answers_ok,
@@ -9,6 +9,7 @@ both_backends!(
     readyz_is_503_when_the_database_is_gone,
     unknown_route_gets_a_json_404_with_request_id,
     oversized_body_gets_413_and_the_server_keeps_serving,
+    healthcheck_command_passes_only_when_healthz_answers_200,
 );
 
 async fn healthz_answers_ok(app: TestApp) {
@@ -79,4 +80,55 @@ async fn oversized_body_gets_413_and_the_server_keeps_serving(app: TestApp) {
     assert_eq!(body["error"], "invalid_request");
     let res = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn healthcheck_command_passes_only_when_healthz_answers_200(app: TestApp) {
+    let healthcheck = |bind: String| {
+        let db = &app.db;
+        async move {
+            cli_env(
+                db,
+                &["healthcheck"],
+                None,
+                &[("GATEHOUSE__SERVER__BIND", bind.as_str())],
+            )
+            .await
+        }
+    };
+    let port = app.config.server.bind.port();
+
+    let out = healthcheck(format!("127.0.0.1:{port}")).await.ok();
+    assert_eq!(
+        out.stdout.trim(),
+        format!("ok: http://127.0.0.1:{port}/healthz")
+    );
+
+    // Bound to every address (as in a container): checked over loopback.
+    let out = healthcheck(format!("0.0.0.0:{port}")).await.ok();
+    assert!(out.stdout.contains("http://127.0.0.1:"), "{}", out.stdout);
+
+    // Nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = healthcheck(format!("127.0.0.1:{closed_port}"))
+        .await
+        .failed();
+    assert!(out.stderr.contains("did not answer"), "{}", out.stderr);
+
+    // Something answering, but not 200.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sick_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    let out = healthcheck(format!("127.0.0.1:{sick_port}")).await.failed();
+    assert!(out.stderr.contains("answered 503"), "{}", out.stderr);
 }

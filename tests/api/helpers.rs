@@ -116,6 +116,16 @@ impl TestDb {
         }
     }
 
+    /// An existing SQLite file (not removed when dropped).
+    pub fn sqlite_at(path: &std::path::Path) -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            url: format!("sqlite://{}", path.display()),
+            _dir: None,
+            pg: None,
+        }
+    }
+
     pub async fn store(&self) -> Store {
         let mut cfg = Config::defaults().expect("defaults").database;
         cfg.url = self.url.clone();
@@ -157,7 +167,10 @@ pub struct TestApp {
     pub store: Store,
     pub clock: Arc<ManualClock>,
     pub config: Config,
-    pub db: TestDb,
+    /// Shared by [`TestApp::fresh_browser`] copies; the database goes with the last.
+    pub db: Arc<TestDb>,
+    /// `http://<addr>` of the separate metrics listener, when `metrics.bind` is set.
+    pub metrics_addr: Option<String>,
 }
 
 /// Starts the real application on a random port with a fresh database.
@@ -197,6 +210,7 @@ pub async fn spawn_app_serving(
         Some(r) => app.with_registry(r),
         None => app,
     };
+    let metrics_addr = app.metrics_addr().map(|a| format!("http://{a}"));
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -209,13 +223,48 @@ pub async fn spawn_app_serving(
         store,
         clock,
         config,
-        db,
+        db: Arc::new(db),
+        metrics_addr,
     })
 }
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.addr)
+    }
+
+    /// The same server seen from another browser: no cookies, no session.
+    pub fn fresh_browser(&self) -> TestApp {
+        TestApp {
+            addr: self.addr.clone(),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .cookie_store(true)
+                .build()
+                .expect("client"),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            db: self.db.clone(),
+            metrics_addr: self.metrics_addr.clone(),
+        }
+    }
+
+    /// Starts another instance on this app's database with the same settings and
+    /// clock, but its own state (key set, caches, in-memory counters), as a second
+    /// process behind a load balancer would have. Returns its base URL.
+    pub async fn second_instance(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut config = self.config.clone();
+        config.server.bind = ([127, 0, 0, 1], port).into();
+        let app = App::from_parts(config, self.store.clone(), self.clock.clone(), listener)
+            .await
+            .expect("build second instance");
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        format!("http://127.0.0.1:{port}")
     }
 }
 

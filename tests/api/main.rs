@@ -6,9 +6,16 @@ mod helpers;
 
 mod cli;
 mod health;
+mod lifecycle;
 mod mcp;
 mod mcp_protocol;
 mod mcp_tools;
+mod metrics;
+mod multi_instance;
 mod oauth;
 mod oauth_helpers;
+mod security_authz;
+mod security_limits;
+mod security_store;
+mod security_token;
 mod storage;

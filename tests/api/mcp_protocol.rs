@@ -956,7 +956,15 @@ async fn calls_are_metered_in_batches(db: crate::helpers::TestDb) {
             ("make_thing".into(), 1, 1)
         ]
     );
-    let pats = app.store.list_pats(None).await.unwrap();
+    // Usage and last-used times are separate statements of the flush: wait for both.
+    let mut pats = app.store.list_pats(None).await.unwrap();
+    for _ in 0..100 {
+        if pats[0].last_used_at.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        pats = app.store.list_pats(None).await.unwrap();
+    }
     assert!(
         pats[0].last_used_at.is_some(),
         "last use written in the batch"

@@ -326,6 +326,24 @@ async fn access_tokens_are_created_listed_used_and_revoked(app: TestApp) {
     let res = rpc(&app, Some(&token), json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "create_access_token", "arguments": { "name": "x" } } })).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 
+    // Last-used times are written in batches off the request path: wait for the flush.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let listed = call(&app, &owner, "list_access_tokens", json!({})).await;
+        let used = listed["structuredContent"]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == id.as_str() && t["last_used_at"] == rfc3339(now));
+        if used {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last use never recorded: {listed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let revoked = call(&app, &owner, "revoke_access_token", json!({ "id": id })).await;
     assert_eq!(
         revoked["structuredContent"],
@@ -336,7 +354,7 @@ async fn access_tokens_are_created_listed_used_and_revoked(app: TestApp) {
             "status": "revoked",
             "created_at": rfc3339(now),
             "expires_at": rfc3339(now + 30 * 86_400),
-            "last_used_at": null,
+            "last_used_at": rfc3339(now),
             "revoked_at": rfc3339(now),
         })
     );
@@ -753,7 +771,14 @@ async fn members_and_audit_events_need_the_admin_role(app: TestApp) {
     )
     .await;
     let pat_id = created["structuredContent"]["id"].as_str().unwrap();
-    let events = call(&app, &owner, "list_audit_events", json!({ "limit": 1 })).await;
+    // Filtered by prefix: the batched `mcp.tool_call` row of this call may land first.
+    let events = call(
+        &app,
+        &owner,
+        "list_audit_events",
+        json!({ "limit": 1, "action_prefix": "pat." }),
+    )
+    .await;
     assert_eq!(
         events["structuredContent"]["events"],
         json!([{

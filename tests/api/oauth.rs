@@ -256,11 +256,13 @@ async fn unknown_client_gets_a_page(app: TestApp) {
 }
 
 async fn plain_pkce_and_missing_challenge_are_redirected_errors(app: TestApp) {
-    let client = register_public(&app, CB).await;
+    // A verified client: a self-registered one gets a page instead (security_authz AUTHZ-10).
+    let client = gatehouse::oauth::clients::CLAUDE_AI.to_owned();
     let p = pkce();
     let plain = authorize_query(&client, CB, &p.challenge, &[]).replace("S256", "plain");
     let missing = format!(
-        "response_type=code&client_id={client}&redirect_uri={}&state=s1",
+        "response_type=code&client_id={}&redirect_uri={}&state=s1",
+        urlencode(&client),
         urlencode(CB)
     );
     for q in [plain, missing] {
@@ -287,7 +289,8 @@ fn urlencode(s: &str) -> String {
 }
 
 async fn wrong_resource_is_invalid_target(app: TestApp) {
-    let client = register_public(&app, CB).await;
+    // A verified client: a self-registered one gets a page instead (security_authz AUTHZ-10).
+    let client = gatehouse::oauth::clients::CLAUDE_AI.to_owned();
     let p = pkce();
     let q = authorize_query(
         &client,
@@ -567,7 +570,7 @@ async fn consent_without_csrf_token_is_refused(app: TestApp) {
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
         assert!(res.headers().get("location").is_none());
     }
 }
@@ -1081,7 +1084,7 @@ async fn key_rotation_keeps_old_tokens_verifiable(app: TestApp) {
     );
     // Both stay published (the retired one until its tokens expire).
     let stored = app.store.list_signing_keys().await.unwrap();
-    let set = gatehouse::crypto::keys::KeySet::from_stored(&stored).unwrap();
+    let set = gatehouse::crypto::keys::KeySet::from_stored(&stored, &app.config.keys.kek).unwrap();
     assert_eq!(set.jwks()["keys"].as_array().unwrap().len(), 2);
     let retired = crate::helpers::cli(&app.db, &["--json", "keys", "retire"], None)
         .await
@@ -1207,7 +1210,7 @@ async fn introspection_reports_live_and_revoked_tokens(app: TestApp) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(introspect(pat).await["active"], false);
-    // A public (DCR) client may not introspect.
+    // A public (DCR) client has not authenticated, so it may not introspect.
     let res = app
         .client
         .post(app.url("/introspect"))
@@ -1215,6 +1218,27 @@ async fn introspection_reports_live_and_revoked_tokens(app: TestApp) {
             ("token", rt.as_str()),
             ("client_id", flow.client_id.as_str()),
         ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let err: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(err["error"], "invalid_client");
+    // A confidential DCR client authenticates, but is not allowed to.
+    let (status, reg) = register(
+        &app,
+        json!({ "client_name": "dcr", "redirect_uris": [CB], "token_endpoint_auth_method": "client_secret_basic" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let res = app
+        .client
+        .post(app.url("/introspect"))
+        .basic_auth(
+            reg["client_id"].as_str().unwrap(),
+            reg["client_secret"].as_str(),
+        )
+        .form(&[("token", rt.as_str())])
         .send()
         .await
         .unwrap();

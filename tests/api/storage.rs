@@ -640,6 +640,7 @@ async fn grant_with_scopes(
             created_at: now,
             expires_at: now + 60,
             used_at: None,
+            api_key_id: None,
         })
         .await
         .unwrap();
@@ -647,6 +648,7 @@ async fn grant_with_scopes(
         .redeem_code(
             &code_hash,
             now,
+            |_| Ok(()),
             |code| {
                 Ok((
                     IssuedTokens {

@@ -621,6 +621,8 @@ pub(crate) struct RegisteredTool {
     pub tool: Arc<dyn Tool>,
     pub definition: Value,
     validator: jsonschema::Validator,
+    /// This tool's calls, outcomes and latency, for `/metrics`.
+    pub stats: Arc<crate::metrics::ToolStats>,
 }
 
 impl RegisteredTool {
@@ -699,6 +701,7 @@ impl Registry {
             tool: Arc::new(tool),
             definition,
             validator,
+            stats: Arc::default(),
         });
         Ok(())
     }
@@ -749,6 +752,14 @@ impl Registry {
 
     pub(crate) fn find_tool(&self, name: &str) -> Option<&RegisteredTool> {
         self.by_name.get(name).map(|i| &self.tools[*i])
+    }
+
+    /// Each tool's metrics, by name, for the exporter.
+    pub fn tool_stats(&self) -> Vec<(String, Arc<crate::metrics::ToolStats>)> {
+        self.tools
+            .iter()
+            .map(|t| (t.tool.spec().name().to_owned(), t.stats.clone()))
+            .collect()
     }
 
     pub fn tool_names(&self) -> impl Iterator<Item = &str> {

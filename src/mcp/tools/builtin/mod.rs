@@ -157,25 +157,26 @@ fn whoami() -> Built {
         }),
         &["user", "organization", "role", "scopes", "client_id"],
     ));
+    // Answers from what the token cache holds about the caller (kept current through the
+    // credential-change feed), so the most common first call costs no query.
     Ok(tool_fn(spec, |ctx, _args| {
         Box::pin(async move {
-            let caller = &ctx.caller;
-            match ctx
-                .state
-                .store
-                .find_membership(&caller.org_id, &caller.user_id)
-                .await
-            {
-                Ok(Some(m)) => ToolResult::json(json!({
-                    "user": { "id": m.user_id, "email": m.email, "display_name": m.display_name },
-                    "organization": { "id": m.org_id, "slug": m.org_slug, "status": caller.standing.status.as_str() },
-                    "role": m.role,
-                    "scopes": caller.scopes.to_string(),
-                    "client_id": caller.client_id,
-                })),
-                Ok(None) => ToolResult::error("you are no longer a member of this organization"),
-                Err(e) => storage_failure("whoami")(e),
+            if let Err(refusal) = require_account(&ctx) {
+                return refusal;
             }
+            let caller = &ctx.caller;
+            let standing = &caller.standing;
+            let Some(role) = standing.role else {
+                return ToolResult::error("you are no longer a member of this organization");
+            };
+            let who = &standing.identity;
+            ToolResult::json(json!({
+                "user": { "id": caller.user_id, "email": who.email, "display_name": who.display_name },
+                "organization": { "id": caller.org_id, "slug": who.org_slug, "status": standing.status.as_str() },
+                "role": role.as_str(),
+                "scopes": caller.scopes.to_string(),
+                "client_id": caller.client_id,
+            }))
         })
     }))
 }
