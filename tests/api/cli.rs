@@ -1,11 +1,8 @@
 //! The real `gatehouse` binary, run as an operator would.
 
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-
 use crate::both_backends;
 use crate::helpers::{TestDb, cli, cli_env, gatehouse_bin};
+use crate::process::{Serve, Served};
 
 both_backends!(db:
     accounts_can_be_administered_end_to_end,
@@ -438,61 +435,31 @@ async fn org_quota_is_set_listed_cleared_and_audited(db: TestDb) {
     assert_eq!(audit[2]["detail"], r#"{"daily_tool_call_quota":1000}"#);
 }
 
-/// Starts `gatehouse serve` on a free port; returns the child, its stdout so far
-/// (up to the "listening" log line) and the port.
-async fn start_server(db: &TestDb) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(gatehouse_bin())
-        .arg("serve")
-        .env_clear()
-        .env("GATEHOUSE__DATABASE__URL", &db.url)
-        .env("GATEHOUSE__SERVER__BIND", "127.0.0.1:0")
+/// Starts `gatehouse serve` on a free port with JSON logs at `info`.
+async fn start_server(db: &TestDb) -> Served {
+    Serve::new(db)
         .env("GATEHOUSE__LOG__FORMAT", "json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let listening = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("gatehouse is listening") {
-                return line;
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server did not start in time");
-    let log: serde_json::Value = serde_json::from_str(&listening).expect("json log line");
-    assert!(log["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, listening)
+        .env("GATEHOUSE__LOG__FILTER", "info")
+        .start()
+        .await
 }
 
-async fn stop_server(mut child: tokio::process::Child) -> String {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut stdout = child.stdout.take().unwrap();
-    let mut out = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut out)
-        .await
-        .unwrap();
-    let code = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("graceful stop")
-        .unwrap();
-    assert!(code.success(), "SIGTERM ends the server cleanly: {code:?}");
+/// Stops the server with SIGTERM; returns everything it printed, after checking that
+/// it said where it listened.
+async fn stop_server(mut served: Served) -> String {
+    served.stop().await;
+    let out = served.output();
+    let listening = out
+        .lines()
+        .find(|l| l.contains("gatehouse is listening"))
+        .unwrap_or_else(|| panic!("no listening line: {out}"));
+    let log: serde_json::Value = serde_json::from_str(listening).expect("json log line");
+    assert_eq!(log["addr"], format!("127.0.0.1:{}", served.port));
     out
 }
 
 async fn first_serve_prints_the_owner_key_once_and_stores_only_its_hash(db: TestDb) {
-    let (child, _) = start_server(&db).await;
+    let child = start_server(&db).await;
     let first = stop_server(child).await;
     let key = first
         .split_whitespace()
@@ -501,7 +468,7 @@ async fn first_serve_prints_the_owner_key_once_and_stores_only_its_hash(db: Test
         .to_owned();
     assert!(first.contains("owner@localhost"));
 
-    let (child, _) = start_server(&db).await;
+    let child = start_server(&db).await;
     let second = stop_server(child).await;
     assert!(
         !second.contains("gth_key_"),
@@ -579,7 +546,7 @@ async fn backup_copies_a_live_sqlite_database_and_points_postgres_to_pg_dump(db:
         return;
     }
     // Data made while the server runs, then backed up under it.
-    let (child, _) = start_server(&db).await;
+    let child = start_server(&db).await;
     cli(&db, &["org", "create", "acme", "--name", "Acme Corp"], None)
         .await
         .ok();

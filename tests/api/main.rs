@@ -14,6 +14,7 @@ mod metrics;
 mod multi_instance;
 mod oauth;
 mod oauth_helpers;
+mod process;
 mod security_authz;
 mod security_limits;
 mod security_store;

@@ -936,14 +936,21 @@ async fn calls_are_metered_in_batches(db: crate::helpers::TestDb) {
         .unwrap()
         .unwrap();
     let day = app.clock.now() / 86_400;
-    let mut rows = Vec::new();
-    for _ in 0..100 {
-        rows = app.store.usage_stats(&org.id, None, day).await.unwrap();
-        if rows.iter().map(|r| r.calls).sum::<i64>() == 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Usage, last-used times and audit rows are separate statements of one flush, written
+    // off the request path in that order: wait for the last of them (generously, since a
+    // loaded CI machine can delay a flush by seconds), then check all three.
+    let filter = gatehouse::storage::AuditFilter {
+        org_id: Some(org.id.clone()),
+        action_prefix: Some("mcp.".into()),
+        limit: 10,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut audit = app.store.list_audit(&filter).await.unwrap();
+    while audit.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        audit = app.store.list_audit(&filter).await.unwrap();
     }
+    let rows = app.store.usage_stats(&org.id, None, day).await.unwrap();
     let summary: Vec<(String, i64, i64)> = rows
         .iter()
         .map(|r| (r.tool.clone(), r.calls, r.errors))
@@ -956,29 +963,12 @@ async fn calls_are_metered_in_batches(db: crate::helpers::TestDb) {
             ("make_thing".into(), 1, 1)
         ]
     );
-    // Usage and last-used times are separate statements of the flush: wait for both.
-    let mut pats = app.store.list_pats(None).await.unwrap();
-    for _ in 0..100 {
-        if pats[0].last_used_at.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        pats = app.store.list_pats(None).await.unwrap();
-    }
+    let pats = app.store.list_pats(None).await.unwrap();
     assert!(
         pats[0].last_used_at.is_some(),
         "last use written in the batch"
     );
     // The write tool's call is audited (read tools are not); no arguments are recorded.
-    let audit = app
-        .store
-        .list_audit(&gatehouse::storage::AuditFilter {
-            org_id: Some(org.id.clone()),
-            action_prefix: Some("mcp.".into()),
-            limit: 10,
-        })
-        .await
-        .unwrap();
     assert_eq!(audit.len(), 1, "{audit:?}");
     assert_eq!(audit[0].target.as_deref(), Some("tool:make_thing"));
     let detail = audit[0].detail.clone().unwrap_or_default();

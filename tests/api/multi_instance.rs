@@ -9,57 +9,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestDb, cli, gatehouse_bin};
+use crate::helpers::{Backend, TestDb, cli};
 use crate::oauth_helpers::{CB, authorize_query, hidden, pkce, query_param};
-
-/// One `gatehouse serve` process; killed when dropped.
-struct Instance {
-    base: String,
-    _child: tokio::process::Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts an instance on `db` whose public URL (issuer, audience) is `public_url`, the
-/// address a load balancer would publish for all of them.
-async fn start(db: &TestDb, public_url: &str, port: u16) -> Instance {
-    let child = tokio::process::Command::new(gatehouse_bin())
-        .arg("serve")
-        .env_clear()
-        .env("GATEHOUSE__DATABASE__URL", &db.url)
-        .env("GATEHOUSE__DATABASE__MAX_CONNECTIONS", "4")
-        .env("GATEHOUSE__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("GATEHOUSE__SERVER__PUBLIC_URL", public_url)
-        .env("GATEHOUSE__LOG__FILTER", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn gatehouse serve");
-    let base = format!("http://127.0.0.1:{port}");
-    let probe = reqwest::Client::new();
-    for _ in 0..300 {
-        if probe
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Instance {
-                base,
-                _child: child,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("instance on {base} did not become ready");
-}
+use crate::process::Serve;
 
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
@@ -133,12 +85,12 @@ async fn three_instances_share_one_postgres() {
         .await
         .unwrap()
         .unwrap();
-    let ports = [free_port(), free_port(), free_port()];
-    let public = format!("http://127.0.0.1:{}", ports[0]);
+    let first = Serve::new(&db);
+    let public = first.base();
     let (a, b, c) = tokio::join!(
-        start(&db, &public, ports[0]),
-        start(&db, &public, ports[1]),
-        start(&db, &public, ports[2]),
+        first.start(),
+        Serve::new(&db).public_url(&public).start(),
+        Serve::new(&db).public_url(&public).start(),
     );
     let (a, b, c) = (a.base.as_str(), b.base.as_str(), c.base.as_str());
     let http = browser();
@@ -337,7 +289,7 @@ async fn three_instances_share_one_postgres() {
         .unwrap()["keys"][0]["kid"]
         .clone();
     cli(&db, &["keys", "rotate"], None).await.ok();
-    let d = start(&db, &public, free_port()).await;
+    let d = Serve::new(&db).public_url(&public).start().await;
     let (status, from_d) = refresh(
         &http,
         &d.base,

@@ -9,12 +9,12 @@ use gatehouse::app::App;
 use gatehouse::crypto::keys::Kek;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 
 use crate::both_backends;
-use crate::helpers::{Backend, TestApp, TestDb, cli, gatehouse_bin};
+use crate::helpers::{Backend, TestApp, TestDb, cli};
 use crate::mcp::{pat, rpc};
 use crate::oauth_helpers::*;
+use crate::process::Serve;
 
 both_backends!(store_01_no_secret_handed_out_is_in_the_database_files);
 both_backends!(db: store_02_no_secret_handed_out_or_typed_in_is_in_the_logs);
@@ -197,47 +197,6 @@ async fn store_01_no_secret_handed_out_is_in_the_database_files(app: TestApp) {
     assert!(leaked.is_empty(), "secrets readable at rest: {leaked:?}");
 }
 
-/// `gatehouse serve` as a process, with everything it prints kept.
-struct Served {
-    child: tokio::process::Child,
-    addr: String,
-}
-
-async fn serve_with_debug_logs(db: &TestDb) -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("http://127.0.0.1:{port}");
-    let child = tokio::process::Command::new(gatehouse_bin())
-        .arg("serve")
-        .env_clear()
-        .env("GATEHOUSE__DATABASE__URL", &db.url)
-        .env("GATEHOUSE__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("GATEHOUSE__SERVER__PUBLIC_URL", &addr)
-        .env("GATEHOUSE__LOG__FORMAT", "json")
-        .env("GATEHOUSE__LOG__FILTER", "debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn serve");
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client
-            .get(format!("{addr}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Served { child, addr };
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("gatehouse serve did not answer /healthz");
-}
-
 async fn store_02_no_secret_handed_out_or_typed_in_is_in_the_logs(db: TestDb) {
     let backend = db.backend;
     let store = db.store().await;
@@ -254,9 +213,13 @@ async fn store_02_no_secret_handed_out_or_typed_in_is_in_the_logs(db: TestDb) {
         .await
         .unwrap()
         .unwrap();
-    let mut served = serve_with_debug_logs(&db).await;
+    let mut served = Serve::new(&db)
+        .env("GATEHOUSE__LOG__FORMAT", "json")
+        .env("GATEHOUSE__LOG__FILTER", "debug")
+        .start()
+        .await;
     let app = TestApp {
-        addr: served.addr.clone(),
+        addr: served.base.clone(),
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .cookie_store(true)
@@ -269,32 +232,8 @@ async fn store_02_no_secret_handed_out_or_typed_in_is_in_the_logs(db: TestDb) {
         metrics_addr: None,
     };
     let secrets = hand_out_secrets(&app, key.expose().to_owned()).await;
-    let pid = served.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut out = Vec::new();
-    served
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut out)
-        .await
-        .unwrap();
-    served
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut out)
-        .await
-        .unwrap();
-    served.child.wait().await.unwrap();
+    served.stop().await;
+    let out = served.output_bytes();
     let text = String::from_utf8_lossy(&out);
     // The capture is real: debug lines of this run, including the failed sign-ins.
     assert!(text.contains("sign-in failed"), "{backend:?}: {text}");
