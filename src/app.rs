@@ -156,14 +156,31 @@ impl App {
                 }
             })
         });
+        let grace = self.state.config.server.shutdown_timeout;
         let router = routes::router(self.state);
-        axum::serve(
+        // The drain is bounded: a client that never finishes its request must not keep
+        // the process alive past the orchestrator's patience (it would SIGKILL us).
+        let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
+        let serve = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(AppError::Serve)?;
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        });
+        tokio::select! {
+            served = serve => served.map_err(AppError::Serve)?,
+            _ = async {
+                let _ = stop_seen.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(
+                    waited_secs = grace.as_secs(),
+                    "requests still in flight after server.shutdown_timeout_secs; closing them"
+                );
+            }
+        }
         // The writer finishes its batch, then writes what the last requests metered,
         // before the pool closes.
         feed.abort();

@@ -178,6 +178,8 @@ struct RawServer {
     #[serde(deserialize_with = "lenient")]
     request_timeout_secs: u64,
     #[serde(deserialize_with = "lenient")]
+    shutdown_timeout_secs: u64,
+    #[serde(deserialize_with = "lenient")]
     max_body_bytes: u64,
     trusted_proxies: String,
 }
@@ -189,6 +191,7 @@ impl Default for RawServer {
             public_url: None,
             mode: "development".into(),
             request_timeout_secs: 30,
+            shutdown_timeout_secs: 25,
             max_body_bytes: 1024 * 1024,
             trusted_proxies: String::new(),
         }
@@ -427,6 +430,8 @@ pub struct ServerConfig {
     pub public_url: String,
     pub mode: Mode,
     pub request_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests before closing what is left.
+    pub shutdown_timeout: Duration,
     pub max_body_bytes: usize,
     /// Peers whose forwarding headers are believed (see [`crate::limits::client_address`]).
     pub trusted_proxies: TrustedProxies,
@@ -852,6 +857,10 @@ impl Config {
                 public_url,
                 mode,
                 request_timeout: Duration::from_secs(request_timeout_secs),
+                shutdown_timeout: Duration::from_secs(positive(
+                    "server.shutdown_timeout_secs",
+                    raw.server.shutdown_timeout_secs,
+                )?),
                 max_body_bytes,
                 trusted_proxies,
             },
@@ -944,6 +953,7 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "server.public_url",
         "server.mode",
         "server.request_timeout_secs",
+        "server.shutdown_timeout_secs",
         "server.max_body_bytes",
         "server.trusted_proxies",
         "database.url",

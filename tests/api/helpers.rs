@@ -250,6 +250,19 @@ impl TestApp {
         }
     }
 
+    /// The same browser (cookies and all) talking to another instance at `base`.
+    pub fn at(&self, base: &str) -> TestApp {
+        TestApp {
+            addr: base.to_owned(),
+            client: self.client.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            db: self.db.clone(),
+            metrics_addr: None,
+        }
+    }
+
     /// Starts another instance on this app's database with the same settings and
     /// clock, but its own state (key set, caches, in-memory counters), as a second
     /// process behind a load balancer would have. Returns its base URL.

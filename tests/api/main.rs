@@ -19,4 +19,5 @@ mod security_authz;
 mod security_limits;
 mod security_store;
 mod security_token;
+mod signals;
 mod storage;

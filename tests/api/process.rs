@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::helpers::{TestDb, gatehouse_bin};
+use crate::helpers::{TestApp, TestDb, gatehouse_bin};
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -167,5 +167,23 @@ impl Served {
 
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.output_bytes()).into_owned()
+    }
+}
+
+/// A [`TestApp`] whose requests go to `served` (its store opens the same database), so
+/// the flow helpers drive a real process. Point it elsewhere with [`TestApp::at`].
+pub async fn app_for(served: &Served, db: TestDb) -> TestApp {
+    TestApp {
+        addr: served.base.clone(),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(true)
+            .build()
+            .unwrap(),
+        store: db.store().await,
+        clock: gatehouse::clock::ManualClock::new(),
+        config: gatehouse::config::Config::defaults().unwrap(),
+        db: Arc::new(db),
+        metrics_addr: None,
     }
 }

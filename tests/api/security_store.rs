@@ -14,7 +14,7 @@ use crate::both_backends;
 use crate::helpers::{Backend, TestApp, TestDb, cli};
 use crate::mcp::{pat, rpc};
 use crate::oauth_helpers::*;
-use crate::process::Serve;
+use crate::process::{Serve, app_for};
 
 both_backends!(store_01_no_secret_handed_out_is_in_the_database_files);
 both_backends!(db: store_02_no_secret_handed_out_or_typed_in_is_in_the_logs);
@@ -218,19 +218,7 @@ async fn store_02_no_secret_handed_out_or_typed_in_is_in_the_logs(db: TestDb) {
         .env("GATEHOUSE__LOG__FILTER", "debug")
         .start()
         .await;
-    let app = TestApp {
-        addr: served.base.clone(),
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .cookie_store(true)
-            .build()
-            .unwrap(),
-        store,
-        clock: gatehouse::clock::ManualClock::new(),
-        config: gatehouse::config::Config::defaults().unwrap(),
-        db: std::sync::Arc::new(db),
-        metrics_addr: None,
-    };
+    let app = app_for(&served, db).await;
     let secrets = hand_out_secrets(&app, key.expose().to_owned()).await;
     served.stop().await;
     let out = served.output_bytes();
