@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     config.mcp.anonymous_scopes = Some(ScopeSet::parse("conformance")?);
     // One page is enough for every list the suite reads without following cursors.
     config.mcp.page_size = 1000;
-    gatehouse::telemetry::init(&config.log);
+    let _telemetry = gatehouse::telemetry::init(&config.log, &config.traces)?;
 
     let store = Store::connect(&config.database).await?;
     store.migrate().await?;

@@ -63,6 +63,7 @@ struct RawConfig {
     limits: RawLimits,
     keys: RawKeys,
     log: RawLog,
+    traces: RawTraces,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -275,6 +276,48 @@ impl Default for RawLog {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTraces {
+    otlp_endpoint: String,
+    otlp_protocol: String,
+    service_name: String,
+    #[serde(deserialize_with = "lenient_ratio")]
+    sample_ratio: f64,
+}
+
+impl Default for RawTraces {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            otlp_protocol: "http/protobuf".into(),
+            service_name: "gatehouse".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+/// A fraction from TOML (`0.1`, `1`) or from the environment (`"0.1"`).
+fn lenient_ratio<'de, D: Deserializer<'de>>(de: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrString {
+        Float(f64),
+        Int(i64),
+        Str(String),
+    }
+    let v = match NumOrString::deserialize(de)? {
+        NumOrString::Float(f) => f,
+        #[allow(clippy::cast_precision_loss)] // only 0 and 1 are meaningful here
+        NumOrString::Int(i) => i as f64,
+        NumOrString::Str(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| serde::de::Error::custom(format!("expected a number, got {s:?}")))?,
+    };
+    Ok(v)
+}
+
 /// Numbers may come from TOML natively or from the environment as strings.
 fn lenient<'de, D, T>(de: D) -> Result<T, D::Error>
 where
@@ -324,6 +367,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub keys: KeysConfig,
     pub log: LogConfig,
+    pub traces: TracesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -459,6 +503,28 @@ pub struct TokenConfig {
 #[derive(Debug, Clone)]
 pub struct BootstrapConfig {
     pub owner_email: Email,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TracesConfig {
+    /// Where spans are exported; `None` (the default) exports nothing.
+    pub otlp: Option<OtlpConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// The full traces URL, e.g. `http://collector:4318/v1/traces`.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub service_name: String,
+    /// Fraction of new traces kept (a caller's sampled `traceparent` is always followed).
+    pub sample_ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    HttpProtobuf,
+    HttpJson,
 }
 
 #[derive(Debug, Clone)]
@@ -786,6 +852,31 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&raw.log.filter)
             .map_err(|e| o.error("log.filter", format!("not a valid filter: {e}")))?;
 
+        let otlp = match raw.traces.otlp_endpoint.trim() {
+            "" => None,
+            endpoint => Some(OtlpConfig {
+                endpoint: otlp_traces_url(endpoint)
+                    .map_err(|e| o.error("traces.otlp_endpoint", e))?,
+                protocol: match raw.traces.otlp_protocol.trim() {
+                    "http/protobuf" => OtlpProtocol::HttpProtobuf,
+                    "http/json" => OtlpProtocol::HttpJson,
+                    other => {
+                        return Err(o.error(
+                            "traces.otlp_protocol",
+                            format!("{other:?} is not one of http/protobuf, http/json"),
+                        ));
+                    }
+                },
+                service_name: match raw.traces.service_name.trim() {
+                    "" => return Err(o.error("traces.service_name", "must not be empty")),
+                    name => name.to_owned(),
+                },
+                sample_ratio: Some(raw.traces.sample_ratio)
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| o.error("traces.sample_ratio", "must be between 0 and 1"))?,
+            }),
+        };
+
         let request_timeout_secs = positive(
             "server.request_timeout_secs",
             raw.server.request_timeout_secs,
@@ -920,8 +1011,24 @@ impl Config {
                 format,
                 filter: raw.log.filter,
             },
+            traces: TracesConfig { otlp },
         })
     }
+}
+
+/// The collector's base URL (`http://collector:4318`) or its traces URL, as the OTLP
+/// convention allows either: always the traces URL.
+fn otlp_traces_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http or https URL with a host".into());
+    }
+    let base = url.as_str().trim_end_matches('/');
+    Ok(if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
+    })
 }
 
 /// `https://Example.com:443/base/` → `https://example.com/base`: one canonical string,
@@ -991,6 +1098,10 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "keys.encryption_key_file",
         "log.format",
         "log.filter",
+        "traces.otlp_endpoint",
+        "traces.otlp_protocol",
+        "traces.service_name",
+        "traces.sample_ratio",
     ]
     .into_iter()
     .collect()

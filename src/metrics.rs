@@ -481,6 +481,13 @@ const TOOL_OUTCOMES: [&str; 5] = [
     "invalid_request",
 ];
 
+impl ToolOutcome {
+    /// The `outcome` label value.
+    pub fn as_str(self) -> &'static str {
+        TOOL_OUTCOMES[self as usize]
+    }
+}
+
 /// One tool's counters, held by the tool's registry entry so that recording a call
 /// needs no lookup by name.
 #[derive(Debug, Default)]

@@ -419,7 +419,7 @@ async fn backup(
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init(&config.log);
+    let telemetry = telemetry::init(&config.log, &config.traces)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = open_store(&config).await?;
     if let Some(first) = bootstrap::ensure_initial_owner(&store, &config, clock.as_ref())
@@ -443,6 +443,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(addr = %addr, "metrics are served on their own listener");
     }
     app.run_until_stopped(shutdown).await?;
+    telemetry.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,19 +11,59 @@ use super::json_error;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The span every request runs in; the request id ties log lines together.
+/// The span every request runs in; the request id ties log lines together. When spans
+/// are exported it is also an OpenTelemetry server span named by its route, continuing
+/// the caller's `traceparent`.
 pub fn request_span(req: &Request<Body>) -> tracing::Span {
     let id = req
         .extensions()
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
+    if !crate::telemetry::exporting() {
+        return tracing::info_span!(
+            "request",
+            request_id = %id,
+            method = %req.method(),
+            path = %req.uri().path(),
+        );
+    }
+    // The route, not the path: names stay few and never carry a value from the URL.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str());
+    let span = tracing::info_span!(
         "request",
         request_id = %id,
         method = %req.method(),
         path = %req.uri().path(),
-    )
+        otel.name = %format_args!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::follow_caller(&span, req.headers());
+    span
+}
+
+/// Logs the response like tower-http's default and records its status on the span (a
+/// no-op unless spans are exported).
+#[derive(Clone, Copy)]
+pub struct OnResponse;
+
+impl<B> tower_http::trace::OnResponse<B> for OnResponse {
+    fn on_response(self, res: &Response<B>, latency: std::time::Duration, span: &tracing::Span) {
+        let status = res.status().as_u16();
+        span.record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
+        tower_http::trace::DefaultOnResponse::new()
+            .level(tracing::Level::INFO)
+            .on_response(res, latency, span);
+    }
 }
 
 /// Headers every response gets. Pages add their own CSP on top.

@@ -179,6 +179,19 @@ const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
 impl Call {
     /// Runs the call and returns the JSON-RPC response message; meters it either way.
     async fn run(self, ctx: ToolContext) -> Value {
+        if !crate::telemetry::exporting() {
+            return self.run_inner(ctx).await;
+        }
+        let span = tracing::info_span!(
+            "tool_call",
+            otel.name = %format_args!("tools/call {}", self.name),
+            mcp.tool = %self.name,
+            mcp.outcome = tracing::field::Empty,
+        );
+        tracing::Instrument::instrument(self.run_inner(ctx), span).await
+    }
+
+    async fn run_inner(self, ctx: ToolContext) -> Value {
         let started = Instant::now();
         let state = ctx.state.clone();
         let caller = ctx.caller.clone();
@@ -211,6 +224,7 @@ impl Call {
             ToolResult::InvalidRequest(_) => ToolOutcome::InvalidRequest,
         };
         self.stats.record(outcome, elapsed);
+        tracing::Span::current().record("mcp.outcome", outcome.as_str());
         if !self.tool.spec().annotations_ref().read_only && !caller.org_id.is_empty() {
             // Calls that may change something are audited, in the next batch.
             let outcome = match &result {

@@ -21,3 +21,4 @@ mod security_store;
 mod security_token;
 mod signals;
 mod storage;
+mod traces;
