@@ -360,7 +360,13 @@ impl LocalCounter {
         let Ok(mut entries) = self.entries.lock() else {
             return Ok(());
         };
-        let e = entries.entry(bucket.clone()).or_default();
+        // Looked up before inserting, so a known bucket costs no allocation.
+        if !entries.contains_key(bucket) {
+            entries.insert(bucket.clone(), Local::default());
+        }
+        let Some(e) = entries.get_mut(bucket) else {
+            return Ok(());
+        };
         if e.window != window {
             let total = e.shared + (e.mine - e.flushed);
             *e = Local {
@@ -387,25 +393,35 @@ impl LocalCounter {
     /// totals, and forgets counters of windows that no longer matter.
     pub async fn sync(&self, store: &Store, rate: Rate, now: i64) -> Result<(), StorageError> {
         let window = window_start(now, rate);
-        let pending: Vec<(Bucket, i64, i64)> = match self.entries.lock() {
+        let pending: Vec<(String, i64, i64)> = match self.entries.lock() {
             Ok(mut entries) => {
                 entries.retain(|_, e| e.window >= window - rate.window_secs);
                 entries
                     .iter()
                     .filter(|(_, e)| e.mine > e.flushed)
-                    .map(|(b, e)| (b.clone(), e.window, e.mine - e.flushed))
+                    .map(|(b, e)| (b.0.clone(), e.window, e.mine - e.flushed))
                     .collect()
             }
             Err(_) => return Ok(()),
         };
-        for (bucket, w, delta) in pending {
-            let total = store.rate_add(bucket.as_str(), w, delta, now).await?;
-            if let Ok(mut entries) = self.entries.lock()
-                && let Some(e) = entries.get_mut(&bucket)
-                && e.window == w
-            {
-                e.flushed += delta;
-                e.shared = total;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let totals = store.rate_add_many(&pending, now).await?;
+        let added: HashMap<(&str, i64), i64> = pending
+            .iter()
+            .map(|(b, w, delta)| ((b.as_str(), *w), *delta))
+            .collect();
+        if let Ok(mut entries) = self.entries.lock() {
+            for (bucket, w, total) in totals {
+                let key = Bucket(bucket);
+                if let Some(e) = entries.get_mut(&key)
+                    && e.window == w
+                    && let Some(delta) = added.get(&(key.as_str(), w))
+                {
+                    e.flushed += delta;
+                    e.shared = total;
+                }
             }
         }
         Ok(())

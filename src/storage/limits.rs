@@ -58,6 +58,39 @@ impl Store {
         }))
     }
 
+    /// Adds each `(bucket, window, n)` and returns the windows' totals, in as few
+    /// statements as the backends' parameter limits allow (one per 500 counters): an
+    /// instance serving many live tokens syncs them all each flush. Each bucket may
+    /// appear once.
+    pub async fn rate_add_many(
+        &self,
+        adds: &[(String, i64, i64)],
+        now: i64,
+    ) -> Result<Vec<(String, i64, i64)>, StorageError> {
+        let mut totals = Vec::with_capacity(adds.len());
+        for chunk in adds.chunks(500) {
+            let rows: Vec<(String, i64, i64)> = with_pool!(self, |pool| {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO rate_counters (bucket, window_start, hits, last_at) ",
+                );
+                q.push_values(chunk, |mut row, (bucket, window, n)| {
+                    row.push_bind(bucket)
+                        .push_bind(window)
+                        .push_bind(n)
+                        .push_bind(now);
+                });
+                q.push(
+                    " ON CONFLICT (bucket, window_start) DO UPDATE \
+                     SET hits = rate_counters.hits + excluded.hits, last_at = excluded.last_at \
+                     RETURNING bucket, window_start, hits",
+                );
+                q.build_query_as().fetch_all(pool).await?
+            });
+            totals.extend(rows);
+        }
+        Ok(totals)
+    }
+
     /// Drops counters of windows that began before `before`.
     pub async fn purge_rate_counters(&self, before: i64) -> Result<u64, StorageError> {
         Ok(with_pool!(self, |pool| {

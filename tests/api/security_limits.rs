@@ -389,11 +389,12 @@ async fn mcp_per_token_limit(backend: Backend) {
                 .unwrap()
         }
     };
-    // Let the first instance's counts reach the database.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Let the first instance's counts reach the database (flushes every 50 ms here; a
+    // loaded machine can delay one by far more).
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let res = on_second(token.clone()).await;
     assert_eq!(res.status(), StatusCode::OK);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     for _ in 0..2 {
         assert_eq!(on_second(token.clone()).await.status(), StatusCode::OK);
     }

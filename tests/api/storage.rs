@@ -26,6 +26,7 @@ both_backends!(db:
     a_users_pats_are_listed_newest_first_with_revoked_ones,
     idempotency_keys_begin_finish_abort_and_expire,
     audit_batches_are_appended_together,
+    rate_counters_are_added_in_batches,
 );
 
 fn audit(action: &str) -> AuditEntry {
@@ -1068,4 +1069,41 @@ async fn audit_batches_are_appended_together(db: TestDb) {
     assert_eq!(rows[2].detail.as_deref(), Some(r#"{"ok":true}"#));
     assert_eq!(rows[1].source_addr.as_deref(), Some("10.0.0.1"));
     assert_eq!(rows[1].actor, "user:u2");
+}
+
+async fn rate_counters_are_added_in_batches(db: TestDb) {
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    // More counters than one statement carries, so several statements run.
+    let adds: Vec<(String, i64, i64)> = (0..1_200)
+        .map(|i| (format!("b{i}"), 60, i % 7 + 1))
+        .collect();
+    let first = store.rate_add_many(&adds, 61).await.unwrap();
+    assert_eq!(first.len(), 1_200);
+    let again = store.rate_add_many(&adds[..2], 62).await.unwrap();
+    let mut again = again;
+    again.sort();
+    assert_eq!(
+        again,
+        vec![("b0".to_owned(), 60, 2), ("b1".to_owned(), 60, 4)]
+    );
+    let totals: std::collections::HashMap<String, i64> = first
+        .into_iter()
+        .map(|(b, w, n)| {
+            assert_eq!(w, 60);
+            (b, n)
+        })
+        .collect();
+    assert_eq!(totals["b1199"], 1199 % 7 + 1);
+    // Another window of the same bucket is its own counter; reads see both.
+    store
+        .rate_add_many(&[("b0".to_owned(), 120, 5)], 121)
+        .await
+        .unwrap();
+    let counts = store.rate_counts("b0", 120, 60).await.unwrap();
+    assert_eq!(
+        (counts.previous, counts.current, counts.last_at),
+        (2, 5, 121)
+    );
+    assert!(store.rate_add_many(&[], 1).await.unwrap().is_empty());
 }
