@@ -110,7 +110,7 @@ impl App {
     /// Serves these tools, prompts and resources at `/mcp` instead of the built-in set
     /// (start from [`Registry::builtin`] to keep the account tools).
     pub fn with_registry(mut self, registry: Registry) -> Self {
-        self.state.tools = Arc::new(registry);
+        self.state.set_tools(Arc::new(registry));
         self
     }
 

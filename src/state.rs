@@ -19,8 +19,28 @@ use crate::mcp::tools::Registry;
 use crate::metrics::Metrics;
 use crate::storage::{ClientRow, StorageError, Store};
 
+/// What every handler gets. Axum clones it for each request (and each middleware that
+/// extracts it), so it is one shared pointer.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Replaces the tools `/mcp` serves (before serving starts).
+    pub fn set_tools(&mut self, tools: Arc<Registry>) {
+        Arc::make_mut(&mut self.0).tools = tools;
+    }
+}
+
+#[derive(Clone)]
+pub struct Shared {
     pub store: Store,
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
@@ -169,7 +189,7 @@ impl AppState {
         let resource = ResourceUri::for_public_url(&config.server.public_url);
         let mcp_guard = Arc::new(OriginGuard::new(&config));
         let metrics = Arc::new(Metrics::new(&store));
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             store,
             config: Arc::new(config),
             clock,
@@ -187,6 +207,6 @@ impl AppState {
             meter: Arc::new(Meter::default()),
             metrics,
             mcp_limits: Arc::new(LocalCounter::default()),
-        })
+        })))
     }
 }

@@ -14,6 +14,10 @@ use crate::storage::{AuditEntry, StorageError, Store, UsageRecord};
 const DAY: i64 = 86_400;
 /// How stale the database's daily count may get before it is read again.
 const QUOTA_REFRESH: Duration = Duration::from_secs(5);
+/// Last-used times are kept to the minute: a credential in constant use is written once
+/// a minute, not at every flush (10,000 live tokens would otherwise mean 10,000 writes
+/// a second).
+const LAST_USED_RESOLUTION: i64 = 60;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct UsageKey {
@@ -46,6 +50,25 @@ struct Pending {
     pats: HashMap<String, i64>,
     access_tokens: HashMap<String, i64>,
     audit: Vec<AuditEntry>,
+    /// When each credential's last use was last queued; kept across flushes.
+    noted: HashMap<String, i64>,
+}
+
+/// Queues `credential`'s last use unless one was queued within the resolution.
+fn note_use(
+    queue: &mut HashMap<String, i64>,
+    noted: &mut HashMap<String, i64>,
+    credential: &str,
+    now: i64,
+) {
+    if noted
+        .get(credential)
+        .is_some_and(|at| now - at < LAST_USED_RESOLUTION)
+    {
+        return;
+    }
+    noted.insert(credential.to_owned(), now);
+    queue.insert(credential.to_owned(), now);
 }
 
 #[derive(Default)]
@@ -95,12 +118,11 @@ impl Meter {
         c.errors += i64::from(is_error);
         c.latency_us = c.latency_us.saturating_add(latency_us);
         *p.unwritten.entry((caller.org_id.clone(), day)).or_default() += 1;
+        let p = &mut *p;
         match caller.kind {
-            CredentialKind::Pat => {
-                p.pats.insert(caller.credential.clone(), now);
-            }
+            CredentialKind::Pat => note_use(&mut p.pats, &mut p.noted, &caller.credential, now),
             CredentialKind::AccessToken => {
-                p.access_tokens.insert(caller.credential.clone(), now);
+                note_use(&mut p.access_tokens, &mut p.noted, &caller.credential, now);
             }
             CredentialKind::Anonymous => {}
         }
@@ -164,7 +186,12 @@ impl Meter {
     pub async fn flush(&self, store: &Store) -> Result<Flushed, StorageError> {
         let taken = match self.pending.lock() {
             Ok(mut p) => {
-                let taken = std::mem::take(&mut *p);
+                let mut taken = std::mem::take(&mut *p);
+                let newest = taken.noted.values().copied().max().unwrap_or(0);
+                taken
+                    .noted
+                    .retain(|_, at| newest - *at < LAST_USED_RESOLUTION);
+                p.noted = std::mem::take(&mut taken.noted);
                 if let Ok(mut f) = self.inflight.lock() {
                     for (k, n) in &taken.unwritten {
                         *f.entry(k.clone()).or_default() += n;
@@ -279,9 +306,10 @@ async fn write(store: &Store, p: &Pending, written: &mut Written) -> Result<Flus
     written.usage = true;
     let pats: Vec<(String, i64)> = p.pats.iter().map(|(k, v)| (k.clone(), *v)).collect();
     let mut families: HashMap<String, i64> = HashMap::new();
-    for (jti, at) in &p.access_tokens {
-        if let Some(f) = store.family_of_access_token(jti).await? {
-            let e = families.entry(f).or_insert(*at);
+    let jtis: Vec<&str> = p.access_tokens.keys().map(String::as_str).collect();
+    for (jti, family) in store.families_of_access_tokens(&jtis).await? {
+        if let Some(at) = p.access_tokens.get(&jti) {
+            let e = families.entry(family).or_insert(*at);
             *e = (*e).max(*at);
         }
     }

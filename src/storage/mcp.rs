@@ -231,17 +231,28 @@ impl Store {
         Ok(())
     }
 
-    /// The family an access token belongs to, by the digest of its `jti`.
-    pub async fn family_of_access_token(
+    /// The families of access tokens, by the digests of their `jti`s (unknown ones are
+    /// left out), in one query per 500.
+    pub async fn families_of_access_tokens(
         &self,
-        jti_hash: &str,
-    ) -> Result<Option<String>, StorageError> {
-        Ok(with_pool!(self, |pool| {
-            sqlx::query_scalar("SELECT family_id FROM oauth_access_tokens WHERE jti_hash = $1")
-                .bind(jti_hash)
-                .fetch_optional(pool)
-                .await?
-        }))
+        jti_hashes: &[&str],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let mut out = Vec::with_capacity(jti_hashes.len());
+        for chunk in jti_hashes.chunks(500) {
+            let rows: Vec<(String, String)> = with_pool!(self, |pool| {
+                let mut q = sqlx::QueryBuilder::new(
+                    "SELECT jti_hash, family_id FROM oauth_access_tokens WHERE jti_hash IN (",
+                );
+                let mut list = q.separated(", ");
+                for jti in chunk {
+                    list.push_bind(*jti);
+                }
+                q.push(")");
+                q.build_query_as().fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
     }
 
     /// Appends several audit entries in one transaction.

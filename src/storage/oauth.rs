@@ -66,34 +66,130 @@ pub enum RefreshOutcome<T, E> {
     Invalid,
 }
 
-/// Inserts the family (if new), the access-token id and the refresh token of a grant.
-macro_rules! insert_issued {
-    ($tx:expr, $t:expr, $now:expr, $new_family:expr) => {{
-        let t: &IssuedTokens = $t;
-        if $new_family {
-            sqlx::query(
-                "INSERT INTO oauth_families (id, client_id, user_id, org_id, created_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $5)",
-            )
-            .bind(&t.family_id)
-            .bind(&t.client_id)
-            .bind(&t.user_id)
-            .bind(&t.org_id)
-            .bind($now)
-            .execute(&mut *$tx)
-            .await?;
-        } else {
-            sqlx::query("UPDATE oauth_families SET last_used_at = $1 WHERE id = $2")
-                .bind($now)
-                .bind(&t.family_id)
-                .execute(&mut *$tx)
-                .await?;
+/// What one grant writes besides spending its code or claiming its refresh token.
+struct GrantWrite<'a> {
+    tokens: &'a IssuedTokens,
+    now: i64,
+    /// A code grant starts a family, remembering the API key its sign-in used; a
+    /// refresh continues one.
+    family: Family<'a>,
+    /// A rotation seals the new pair under the old refresh token: `(sealed, old hash)`.
+    successor: Option<(&'a str, &'a str)>,
+}
+
+enum Family<'a> {
+    New { api_key_id: Option<&'a str> },
+    Existing,
+}
+
+/// Records a grant's rows inside the caller's transaction.
+trait WriteGrant {
+    async fn write_grant(&mut self, w: &GrantWrite<'_>) -> Result<(), sqlx::Error>;
+}
+
+impl WriteGrant for sqlx::PgConnection {
+    /// One statement (data-modifying CTEs) instead of five or six round trips: the
+    /// token endpoint's throughput on PostgreSQL is bounded by round trips.
+    async fn write_grant(&mut self, w: &GrantWrite<'_>) -> Result<(), sqlx::Error> {
+        let t = w.tokens;
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new("WITH fam AS (");
+        match w.family {
+            Family::New { api_key_id } => {
+                q.push("INSERT INTO oauth_families (id, client_id, user_id, org_id, created_at, last_used_at, api_key_id) VALUES (");
+                let mut v = q.separated(", ");
+                v.push_bind(&t.family_id)
+                    .push_bind(&t.client_id)
+                    .push_bind(&t.user_id)
+                    .push_bind(&t.org_id)
+                    .push_bind(w.now)
+                    .push_bind(w.now)
+                    .push_bind(api_key_id);
+                q.push("))");
+            }
+            Family::Existing => {
+                q.push("UPDATE oauth_families SET last_used_at = ")
+                    .push_bind(w.now)
+                    .push(" WHERE id = ")
+                    .push_bind(&t.family_id)
+                    .push(")");
+            }
         }
-        sqlx::query("INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) VALUES ($1, $2, $3)")
-            .bind(&t.access_jti_hash)
-            .bind(&t.family_id)
-            .bind(t.access_expires_at)
-            .execute(&mut *$tx)
-            .await?;
+        q.push(
+            ", acc AS (INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) VALUES (",
+        );
+        q.separated(", ")
+            .push_bind(&t.access_jti_hash)
+            .push_bind(&t.family_id)
+            .push_bind(t.access_expires_at);
+        q.push("))");
+        if let Some((hash, expires_at)) = &t.refresh {
+            q.push(", ref AS (INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) VALUES (");
+            q.separated(", ")
+                .push_bind(hash)
+                .push_bind(&t.family_id)
+                .push_bind(&t.client_id)
+                .push_bind(&t.scopes)
+                .push_bind(&t.resource)
+                .push_bind(w.now)
+                .push_bind(*expires_at);
+            q.push("))");
+        }
+        if let Some((sealed, old)) = w.successor {
+            q.push(", suc AS (UPDATE oauth_refresh_tokens SET successor = ")
+                .push_bind(sealed)
+                .push(" WHERE token_hash = ")
+                .push_bind(old)
+                .push(")");
+        }
+        // See the SQLite arm for why the client row is written at most once a minute.
+        q.push(" UPDATE oauth_clients SET last_used_at = ")
+            .push_bind(w.now)
+            .push(" WHERE id = ")
+            .push_bind(&t.client_id)
+            .push(" AND (last_used_at IS NULL OR last_used_at < ")
+            .push_bind(w.now - 60)
+            .push(")");
+        q.build().execute(self).await?;
+        Ok(())
+    }
+}
+
+impl WriteGrant for sqlx::SqliteConnection {
+    /// Statement by statement: SQLite has no data-modifying CTEs, and its round trips
+    /// stay in process.
+    async fn write_grant(&mut self, w: &GrantWrite<'_>) -> Result<(), sqlx::Error> {
+        let t = w.tokens;
+        match w.family {
+            Family::New { api_key_id } => {
+                sqlx::query(
+                    "INSERT INTO oauth_families (id, client_id, user_id, org_id, created_at, last_used_at, api_key_id) \
+                     VALUES ($1, $2, $3, $4, $5, $5, $6)",
+                )
+                .bind(&t.family_id)
+                .bind(&t.client_id)
+                .bind(&t.user_id)
+                .bind(&t.org_id)
+                .bind(w.now)
+                .bind(api_key_id)
+                .execute(&mut *self)
+                .await?;
+            }
+            Family::Existing => {
+                sqlx::query("UPDATE oauth_families SET last_used_at = $1 WHERE id = $2")
+                    .bind(w.now)
+                    .bind(&t.family_id)
+                    .execute(&mut *self)
+                    .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&t.access_jti_hash)
+        .bind(&t.family_id)
+        .bind(t.access_expires_at)
+        .execute(&mut *self)
+        .await?;
         if let Some((hash, expires_at)) = &t.refresh {
             sqlx::query(
                 "INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) \
@@ -104,10 +200,17 @@ macro_rules! insert_issued {
             .bind(&t.client_id)
             .bind(&t.scopes)
             .bind(&t.resource)
-            .bind($now)
+            .bind(w.now)
             .bind(*expires_at)
-            .execute(&mut *$tx)
+            .execute(&mut *self)
             .await?;
+        }
+        if let Some((sealed, old)) = w.successor {
+            sqlx::query("UPDATE oauth_refresh_tokens SET successor = $1 WHERE token_hash = $2")
+                .bind(sealed)
+                .bind(old)
+                .execute(&mut *self)
+                .await?;
         }
         // One client row is shared by every user of a popular client (Claude's CIMD
         // document, say): writing it on each grant would queue all grants behind its row
@@ -116,11 +219,12 @@ macro_rules! insert_issued {
             "UPDATE oauth_clients SET last_used_at = $1 WHERE id = $2 \
              AND (last_used_at IS NULL OR last_used_at < $1 - 60)",
         )
-        .bind($now)
+        .bind(w.now)
         .bind(&t.client_id)
-        .execute(&mut *$tx)
+        .execute(&mut *self)
         .await?;
-    }};
+        Ok(())
+    }
 }
 
 /// Revokes a family: its refresh tokens stop working and its access tokens are denied.
@@ -505,14 +609,16 @@ impl Store {
             let outcome = match row {
                 Some(code) => match matches(&code).and_then(|()| mint(&code)) {
                     Ok((issued, value)) => {
-                        insert_issued!(tx, &issued, now, true);
-                        if let Some(key) = &code.api_key_id {
-                            sqlx::query("UPDATE oauth_families SET api_key_id = $1 WHERE id = $2")
-                                .bind(key)
-                                .bind(&issued.family_id)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
+                        (*tx)
+                            .write_grant(&GrantWrite {
+                                tokens: &issued,
+                                now,
+                                family: Family::New {
+                                    api_key_id: code.api_key_id.as_deref(),
+                                },
+                                successor: None,
+                            })
+                            .await?;
                         insert_audit!(&audit, &mut *tx)?;
                         CodeRedemption::Redeemed(value)
                     }
@@ -613,14 +719,14 @@ impl Store {
                         // Returning drops the transaction: the claim is rolled back.
                         Err(e) => return Ok(RefreshOutcome::Refused(e)),
                     };
-                    insert_issued!(tx, &issued, now, false);
-                    sqlx::query(
-                        "UPDATE oauth_refresh_tokens SET successor = $1 WHERE token_hash = $2",
-                    )
-                    .bind(&sealed)
-                    .bind(token_hash)
-                    .execute(&mut *tx)
-                    .await?;
+                    (*tx)
+                        .write_grant(&GrantWrite {
+                            tokens: &issued,
+                            now,
+                            family: Family::Existing,
+                            successor: Some((&sealed, token_hash)),
+                        })
+                        .await?;
                     RefreshOutcome::Rotated(value)
                 }
                 (None, Some(row))

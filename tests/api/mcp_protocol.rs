@@ -32,6 +32,7 @@ both_backends!(db:
     role_read_only_quota_and_idempotency,
     anonymous_access_is_off_by_default_and_scoped_when_on,
     calls_are_metered_in_batches,
+    last_use_is_recorded_to_the_minute,
 );
 
 const MODERN: &str = "2026-07-28";
@@ -973,4 +974,58 @@ async fn calls_are_metered_in_batches(db: crate::helpers::TestDb) {
     assert_eq!(audit[0].target.as_deref(), Some("tool:make_thing"));
     let detail = audit[0].detail.clone().unwrap_or_default();
     assert!(detail.contains("\"outcome\":\"error\""), "{detail}");
+}
+
+/// The last use of a credential in constant use is written once a minute, not at every
+/// flush: a later use within the minute changes nothing, one after it moves the time.
+async fn last_use_is_recorded_to_the_minute(db: crate::helpers::TestDb) {
+    let (app, _) = spawn(db, |_| {}).await;
+    let t = owner_pat(&app, "account:read").await;
+    let last_used = || async {
+        let pats = app.store.list_pats(None).await.unwrap();
+        pats[0].last_used_at
+    };
+    let wait_for = |want: i64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = last_used().await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{got:?}, not {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let first = app.clock.now();
+    post(&app, Some(&t), &[], call(1, "echo", json!({ "text": "x" }))).await;
+    wait_for(first).await;
+    app.clock.advance(30);
+    post(&app, Some(&t), &[], call(2, "echo", json!({ "text": "x" }))).await;
+    // The usage of that second call is written by the same kind of flush: once it is
+    // in, the flush that would have carried the last use has run.
+    let org = app
+        .store
+        .find_org_by_slug(&gatehouse::domain::OrgSlug::parse("default").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = app
+            .store
+            .usage_stats(&org.id, None, first / 86_400)
+            .await
+            .unwrap();
+        if rows.iter().map(|r| r.calls).sum::<i64>() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Last-used times follow usage within the same flush; give it ten more intervals.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(last_used().await, Some(first));
+    app.clock.advance(31);
+    post(&app, Some(&t), &[], call(3, "echo", json!({ "text": "x" }))).await;
+    wait_for(first + 61).await;
 }

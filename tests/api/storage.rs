@@ -500,13 +500,18 @@ async fn last_used_times_only_move_forward(db: TestDb) {
     let grant = grant(&store, &client, &org.id, &user.id, "fam_1", 1_000).await;
     assert_eq!(
         store
-            .family_of_access_token(&grant.jti_hash)
+            .families_of_access_tokens(&[grant.jti_hash.as_str(), "nope"])
+            .await
+            .unwrap(),
+        vec![(grant.jti_hash.clone(), "fam_1".to_owned())]
+    );
+    assert!(
+        store
+            .families_of_access_tokens(&[])
             .await
             .unwrap()
-            .as_deref(),
-        Some("fam_1")
+            .is_empty()
     );
-    assert_eq!(store.family_of_access_token("nope").await.unwrap(), None);
 
     store.touch_last_used(&[], &[]).await.unwrap();
     let hash = token.hash().as_str().to_owned();
