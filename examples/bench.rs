@@ -958,22 +958,26 @@ fn main() -> Result<()> {
                 let tokens =
                     rt.block_on(mint_tokens(&store, &base, (&ids.0, &ids.1), &client, n))?;
                 let file = write_lines(dir, &format!("tokens-{n}.txt"), &tokens)?;
-                let run = run_wrk(Load {
-                    server: &server,
-                    name: format!("{backend}: whoami, {n} live access tokens"),
-                    connections: c,
-                    duration: d,
-                    script: &pool,
-                    path: "/mcp",
-                    env: vec![
-                        ("BENCH_POOL", file.display().to_string()),
-                        ("BENCH_MODE", "cycle".into()),
-                        ("BENCH_BODY", CALL.into()),
-                    ],
-                    pool: None,
-                    postgres: false,
-                })?;
-                report.scaling.push(relative(run, &b));
+                // First use (every signature verified, every last use written once),
+                // then the same tokens again: the steady state of that many in use.
+                for phase in ["first use", "in use"] {
+                    let run = run_wrk(Load {
+                        server: &server,
+                        name: format!("{backend}: whoami, {n} live access tokens, {phase}"),
+                        connections: c,
+                        duration: d,
+                        script: &pool,
+                        path: "/mcp",
+                        env: vec![
+                            ("BENCH_POOL", file.display().to_string()),
+                            ("BENCH_MODE", "cycle".into()),
+                            ("BENCH_BODY", CALL.into()),
+                        ],
+                        pool: None,
+                        postgres: false,
+                    })?;
+                    report.scaling.push(relative(run, &b));
+                }
             }
         }
 

@@ -1,6 +1,8 @@
 //! Client authentication at the token and revocation endpoints (RFC 6749 §2.3,
 //! OAuth 2.1 §2.4): HTTP Basic, or credentials in the form body, or none for public clients.
 
+use std::net::IpAddr;
+
 use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -8,7 +10,6 @@ use subtle::ConstantTimeEq;
 
 use super::clients::find_client;
 use super::error::OAuthError;
-use std::net::IpAddr;
 
 use crate::crypto::HashedToken;
 use crate::limits::Bucket;

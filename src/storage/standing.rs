@@ -7,7 +7,7 @@ pub struct StandingRow {
     pub status: String,
     pub slug: String,
     pub daily_tool_call_quota: Option<i64>,
-    /// `None` when the user is no longer a member.
+    /// `None` when the user is no longer a member, or is disabled.
     pub role: Option<String>,
     pub email: Option<String>,
     pub display_name: Option<String>,
@@ -20,7 +20,9 @@ impl Store {
         org_id: &str,
         user_id: &str,
     ) -> Result<Option<StandingRow>, StorageError> {
-        const SQL: &str = "SELECT o.status, o.slug, o.daily_tool_call_quota, m.role, u.email, u.display_name \
+        // A disabled user stands nowhere, even if something they held escaped revocation.
+        const SQL: &str = "SELECT o.status, o.slug, o.daily_tool_call_quota, \
+             CASE WHEN u.disabled_at IS NULL THEN m.role END AS role, u.email, u.display_name \
              FROM organizations o LEFT JOIN memberships m ON m.org_id = o.id AND m.user_id = $2 \
              LEFT JOIN users u ON u.id = m.user_id \
              WHERE o.id = $1";

@@ -250,6 +250,19 @@ impl TestApp {
         }
     }
 
+    /// Runs SQL as another instance (or a database administrator) would: behind the
+    /// app's back.
+    pub async fn sql(&self, statement: &str) {
+        match &self.store {
+            Store::Sqlite(pool) => {
+                sqlx::query(statement).execute(pool).await.expect("sql");
+            }
+            Store::Postgres(pool) => {
+                sqlx::query(statement).execute(pool).await.expect("sql");
+            }
+        }
+    }
+
     /// The same browser (cookies and all) talking to another instance at `base`.
     pub fn at(&self, base: &str) -> TestApp {
         TestApp {

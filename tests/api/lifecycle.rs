@@ -15,6 +15,7 @@ both_backends!(
     removing_a_member_revokes_their_grants,
     suspending_an_organization_revokes_its_grants_and_pauses_its_pats,
     a_disabled_user_cannot_sign_in_and_loses_every_credential,
+    a_disabled_user_stands_nowhere_even_with_a_credential_that_escaped_revocation,
     unused_and_idle_registered_clients_are_collected,
 );
 
@@ -363,4 +364,46 @@ async fn unused_and_idle_registered_clients_are_collected(app: TestApp) {
     assert!(
         reasons.iter().any(|d| d.contains("unused")) && reasons.iter().any(|d| d.contains("idle"))
     );
+}
+
+/// Defence in depth: a credential that escaped revocation (say, a row restored from a
+/// backup) still gets nowhere once its user is disabled.
+async fn a_disabled_user_stands_nowhere_even_with_a_credential_that_escaped_revocation(
+    app: TestApp,
+) {
+    owner_key(&app).await;
+    member_with_key(&app, "bob@example.com", None).await;
+    let agent = cli(
+        &app.db,
+        &[
+            "--json",
+            "pat",
+            "create",
+            "--org",
+            "default",
+            "--user",
+            "bob@example.com",
+            "--name",
+            "agent",
+            "--scopes",
+            "account:read",
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Disabled behind the server's back: nothing revoked, no change announced.
+    app.sql("UPDATE users SET disabled_at = 1 WHERE email = 'bob@example.com'")
+        .await;
+    let res = rpc(&app, Some(&agent), whoami()).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let challenge = res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(challenge.contains("no longer a member"), "{challenge}");
 }

@@ -469,18 +469,6 @@ fn call(id: i64, name: &str, args: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": { "name": name, "arguments": args } })
 }
 
-/// Runs SQL as another instance (or a database administrator) would: behind the app's back.
-async fn sql(app: &TestApp, statement: &str) {
-    match &app.store {
-        gatehouse::storage::Store::Sqlite(pool) => {
-            sqlx::query(statement).execute(pool).await.unwrap();
-        }
-        gatehouse::storage::Store::Postgres(pool) => {
-            sqlx::query(statement).execute(pool).await.unwrap();
-        }
-    }
-}
-
 async fn changes_made_elsewhere_reach_cached_tokens_within_a_second(db: crate::helpers::TestDb) {
     let (app, _) = spawn(db, |_| {}).await;
     let owner = owner_pat(&app, "account:read").await;
@@ -491,7 +479,7 @@ async fn changes_made_elsewhere_reach_cached_tokens_within_a_second(db: crate::h
         assert!(ok(&body), "{body}");
     }
     // A role change made directly in the database: the cached owner is re-read.
-    sql(&app, "UPDATE memberships SET role = 'member'").await;
+    app.sql("UPDATE memberships SET role = 'member'").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (_, _, body) = post(&app, Some(&owner), &[], call(2, "admin_only", json!({}))).await;
     assert_eq!(
@@ -502,10 +490,9 @@ async fn changes_made_elsewhere_reach_cached_tokens_within_a_second(db: crate::h
     let digest = gatehouse::crypto::HashedToken::of(&owner)
         .as_str()
         .to_owned();
-    sql(
-        &app,
-        &format!("UPDATE personal_access_tokens SET revoked_at = 1 WHERE token_hash = '{digest}'"),
-    )
+    app.sql(&format!(
+        "UPDATE personal_access_tokens SET revoked_at = 1 WHERE token_hash = '{digest}'"
+    ))
     .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (status, _, _) = post(&app, Some(&owner), &[], call(3, "echo", json!({}))).await;
@@ -513,7 +500,8 @@ async fn changes_made_elsewhere_reach_cached_tokens_within_a_second(db: crate::h
     let (status, _, _) = post(&app, Some(&other), &[], call(4, "echo", json!({}))).await;
     assert_eq!(status, StatusCode::OK);
     // Suspending the organization: 403 for every cached token.
-    sql(&app, "UPDATE organizations SET status = 'suspended'").await;
+    app.sql("UPDATE organizations SET status = 'suspended'")
+        .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (status, _, _) = post(&app, Some(&other), &[], call(5, "echo", json!({}))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
