@@ -5,11 +5,50 @@ use std::any::Any;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
-use tower_http::request_id::RequestId;
+use tower_http::request_id::{MakeRequestId, RequestId};
 
 use super::json_error;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids shaped like UUIDs: 64 random bits chosen at start (so instances differ)
+/// and a counter. A v4 UUID per request cost a `getrandom` system call per request.
+#[derive(Clone, Copy)]
+pub struct MakeRequestIds {
+    prefix: u64,
+}
+
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl MakeRequestIds {
+    pub fn new() -> Self {
+        Self {
+            prefix: rand::random(),
+        }
+    }
+}
+
+impl Default for MakeRequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MakeRequestId for MakeRequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = self.prefix;
+        let id = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            p >> 32,
+            (p >> 16) & 0xffff,
+            p & 0xffff,
+            (n >> 48) & 0xffff,
+            n & 0xffff_ffff_ffff
+        );
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
 
 /// The span every request runs in; the request id ties log lines together. When spans
 /// are exported it is also an OpenTelemetry server span named by its route, continuing

@@ -82,7 +82,12 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
             ));
         }
     };
-    let errors = registered.argument_errors(&Value::Object(args.clone()));
+    // Validated in place: the arguments are moved into a Value and back, not copied.
+    let whole = Value::Object(std::mem::take(&mut args));
+    let errors = registered.argument_errors(&whole);
+    if let Value::Object(m) = whole {
+        args = m;
+    }
     if !errors.is_empty() && !req.era.tool_input_errors_are_results() {
         let message = format!("invalid arguments for {name}: {}", errors.join("; "));
         return Reply::Error(

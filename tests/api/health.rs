@@ -51,7 +51,18 @@ async fn unknown_route_gets_a_json_404_with_request_id(app: TestApp) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert_eq!(id.len(), 36, "a UUID request id: {id}");
+    let shape: Vec<usize> = id.split('-').map(str::len).collect();
+    assert_eq!(shape, [8, 4, 4, 4, 12], "a UUID-shaped request id: {id}");
+    assert!(
+        id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let next = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_ne!(
+        next.headers()["x-request-id"],
+        id.as_str(),
+        "each request its own id"
+    );
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
 
