@@ -229,8 +229,8 @@ async fn follow_credential_changes(state: AppState) {
     }
 }
 
-/// Writes metering, last-used times and audit rows every `interval`, and drops
-/// expired idempotency keys and old credential changes about once an hour.
+/// Writes metering, last-used times and audit rows every `interval`, and runs
+/// [`housekeeping`] about once an hour.
 async fn background_writer(
     state: AppState,
     interval: std::time::Duration,
@@ -269,15 +269,29 @@ async fn background_writer(
     }
 }
 
-/// Deletes what has expired or gone unused: idempotency keys, old credential changes
-/// and rate counters, and registered clients that never got a token or went idle.
+/// Deletes what has expired or gone unused: codes, access-token ids and refresh tokens
+/// an hour past expiry, idempotency keys, old credential changes and rate counters, and
+/// registered clients that never got a token or went idle.
 async fn housekeeping(state: &AppState) {
     match crate::oauth::clients::collect_unused(state).await {
         Ok(n) if n > 0 => tracing::info!(removed = n, "unused registered clients deleted"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not collect unused clients"),
     }
-    let before = state.clock.now() - 24 * 3600;
+    // An hour past expiry, so clock skew between instances never matters.
+    let now = state.clock.now();
+    let tokens_before = now - 3600;
+    let codes_before = tokens_before - state.config.tokens.access_ttl_secs;
+    match state
+        .store
+        .purge_expired_grants(tokens_before, codes_before)
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!(removed = n, "expired codes and tokens removed"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not remove expired codes and tokens"),
+    }
+    let before = now - 24 * 3600;
     match state.store.purge_idempotency(before).await {
         Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
         Ok(_) => {}

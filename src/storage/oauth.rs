@@ -759,6 +759,42 @@ impl Store {
         }))
     }
 
+    /// Deletes what expired and can no longer do anything: access-token ids and refresh
+    /// tokens that expired before `tokens_before` (an expired one is refused on its
+    /// expiry alone) and codes that expired before `codes_before` (later than the
+    /// access tokens they gave, since a connection's scopes are read from its code
+    /// while it lives). Families stay: they are the connections users see.
+    pub async fn purge_expired_grants(
+        &self,
+        tokens_before: i64,
+        codes_before: i64,
+    ) -> Result<u64, StorageError> {
+        Ok(with_pool!(self, |pool| {
+            let mut n = 0;
+            for (sql, before) in [
+                (
+                    "DELETE FROM oauth_access_tokens WHERE expires_at < $1",
+                    tokens_before,
+                ),
+                (
+                    "DELETE FROM oauth_refresh_tokens WHERE expires_at < $1",
+                    tokens_before,
+                ),
+                (
+                    "DELETE FROM oauth_codes WHERE expires_at < $1",
+                    codes_before,
+                ),
+            ] {
+                n += sqlx::query(sql)
+                    .bind(before)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+            }
+            n
+        }))
+    }
+
     /// Revokes the family of a refresh token (RFC 7009). `false` if the token is unknown.
     pub async fn revoke_refresh_token(
         &self,

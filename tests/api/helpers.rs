@@ -263,6 +263,15 @@ impl TestApp {
         }
     }
 
+    /// The single number a `SELECT COUNT(*) …` (or similar) returns.
+    pub async fn count(&self, statement: &str) -> i64 {
+        match &self.store {
+            Store::Sqlite(pool) => sqlx::query_scalar(statement).fetch_one(pool).await,
+            Store::Postgres(pool) => sqlx::query_scalar(statement).fetch_one(pool).await,
+        }
+        .expect("count")
+    }
+
     /// The same browser (cookies and all) talking to another instance at `base`.
     pub fn at(&self, base: &str) -> TestApp {
         TestApp {

@@ -17,6 +17,7 @@ both_backends!(
     a_disabled_user_cannot_sign_in_and_loses_every_credential,
     a_disabled_user_stands_nowhere_even_with_a_credential_that_escaped_revocation,
     unused_and_idle_registered_clients_are_collected,
+    expired_codes_and_tokens_are_removed_and_live_ones_kept,
 );
 
 /// The Claude flow signed in with `key`: (client id, token response).
@@ -406,4 +407,51 @@ async fn a_disabled_user_stands_nowhere_even_with_a_credential_that_escaped_revo
         .unwrap()
         .to_owned();
     assert!(challenge.contains("no longer a member"), "{challenge}");
+}
+
+/// Housekeeping deletes codes, access-token ids and refresh tokens an hour past their
+/// expiry (a starting instance runs it at once), and nothing that still works.
+async fn expired_codes_and_tokens_are_removed_and_live_ones_kept(app: TestApp) {
+    let key = owner_key(&app).await;
+    let (client_id, tokens) = grant_with_key(&app, &key).await;
+    let rows = || async {
+        (
+            app.count("SELECT COUNT(*) FROM oauth_codes").await,
+            app.count("SELECT COUNT(*) FROM oauth_access_tokens").await,
+            app.count("SELECT COUNT(*) FROM oauth_refresh_tokens").await,
+        )
+    };
+    assert_eq!(rows().await, (1, 1, 1));
+    let wait_for = |want: (i64, i64, i64)| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let got = rows().await;
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{got:?}, not {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+
+    // Past the access token's expiry and the code's by more than an hour: both go, the
+    // refresh token (30 days) stays and still works.
+    app.clock
+        .advance(app.config.tokens.access_ttl_secs * 2 + 3600 + 1);
+    app.second_instance().await;
+    wait_for((0, 0, 1)).await;
+    let (status, renewed) = refresh_status(&app, &client_id, &tokens).await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    // The rotation added a pair; the rotated-out refresh token stays for reuse detection.
+    assert_eq!(rows().await, (0, 1, 2));
+
+    // Past every refresh token's expiry by an hour: nothing is left but the connection.
+    app.clock
+        .advance(app.config.tokens.refresh_ttl_secs + 3600 + 1);
+    app.second_instance().await;
+    wait_for((0, 0, 0)).await;
+    assert_eq!(app.count("SELECT COUNT(*) FROM oauth_families").await, 1);
 }
