@@ -1166,6 +1166,81 @@ mod tests {
     }
 
     #[test]
+    fn traces_are_off_by_default_and_bad_values_name_their_key() {
+        assert!(Config::defaults().unwrap().traces.otlp.is_none());
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("GATEHOUSE__TRACES__OTLP_ENDPOINT", "http://collector:4318/"),
+                ("GATEHOUSE__TRACES__SAMPLE_RATIO", "0.25"),
+            ]),
+        )
+        .unwrap();
+        let otlp = c.traces.otlp.unwrap();
+        assert_eq!(otlp.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(otlp.service_name, "gatehouse");
+        assert!((otlp.sample_ratio - 0.25).abs() < f64::EPSILON);
+        let full = Config::load_from(
+            None,
+            env(&[(
+                "GATEHOUSE__TRACES__OTLP_ENDPOINT",
+                "https://c.example/v1/traces",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            full.traces.otlp.unwrap().endpoint,
+            "https://c.example/v1/traces"
+        );
+        for (key, value, named) in [
+            (
+                "GATEHOUSE__TRACES__OTLP_ENDPOINT",
+                "collector:4318",
+                "traces.otlp_endpoint",
+            ),
+            (
+                "GATEHOUSE__TRACES__OTLP_PROTOCOL",
+                "grpc",
+                "traces.otlp_protocol",
+            ),
+            (
+                "GATEHOUSE__TRACES__SAMPLE_RATIO",
+                "1.5",
+                "traces.sample_ratio",
+            ),
+            (
+                "GATEHOUSE__TRACES__SAMPLE_RATIO",
+                "NaN",
+                "traces.sample_ratio",
+            ),
+            (
+                "GATEHOUSE__TRACES__SERVICE_NAME",
+                " ",
+                "traces.service_name",
+            ),
+        ] {
+            let err = Config::load_from(
+                None,
+                env(&[
+                    ("GATEHOUSE__TRACES__OTLP_ENDPOINT", "http://c:4318"),
+                    (key, value),
+                ]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+        let err = Config::load_from(
+            None,
+            env(&[("GATEHOUSE__SERVER__SHUTDOWN_TIMEOUT_SECS", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.shutdown_timeout_secs"), "{err}");
+    }
+
+    #[test]
     fn limits_and_trusted_proxies_parse_and_name_the_key() {
         let c = Config::defaults().unwrap();
         assert!(c.server.trusted_proxies.is_empty());
