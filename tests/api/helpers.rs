@@ -334,6 +334,38 @@ impl CliOutput {
     }
 }
 
+/// Creates the first owner (`owner@example.com`, organization `default`) on a migrated
+/// database; returns their API key.
+pub async fn seed_owner(store: &Store) -> String {
+    let key = gatehouse::crypto::PlainToken::generate(gatehouse::crypto::TokenKind::ApiKey);
+    store
+        .create_initial_owner(
+            &gatehouse::domain::Email::parse("owner@example.com").expect("email"),
+            &key.hash(),
+            1,
+        )
+        .await
+        .expect("create owner")
+        .expect("empty database");
+    key.expose().to_owned()
+}
+
+/// A PAT named `agent` for `user` in `org`, created through the CLI; its `--json` output
+/// (`id`, `token`, `scopes`, …).
+pub async fn cli_pat(db: &TestDb, org: &str, user: &str, scopes: &str) -> serde_json::Value {
+    cli(
+        db,
+        &[
+            "--json", "pat", "create", "--org", org, "--user", user, "--name", "agent", "--scopes",
+            scopes,
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .json()
+}
+
 pub fn gatehouse_bin() -> &'static str {
     env!("CARGO_BIN_EXE_gatehouse")
 }

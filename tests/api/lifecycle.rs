@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{TestApp, cli};
-use crate::mcp::{pat, rpc};
+use crate::mcp::{pat, pat_of, rpc};
 use crate::oauth_helpers::*;
 
 both_backends!(
@@ -192,26 +192,7 @@ async fn a_disabled_user_cannot_sign_in_and_loses_every_credential(app: TestApp)
     let password = "bob's long password 123";
     let (_, key) = member_with_key(&app, "bob@example.com", Some(password)).await;
     let (client_id, tokens) = grant_with_key(&app, &key).await;
-    let agent = cli(
-        &app.db,
-        &[
-            "--json",
-            "pat",
-            "create",
-            "--org",
-            "default",
-            "--user",
-            "bob@example.com",
-            "--name",
-            "agent",
-            "--scopes",
-            "account:read",
-        ],
-        None,
-    )
-    .await
-    .ok()
-    .json()["token"]
+    let agent = pat_of(&app, "default", "bob@example.com", "account:read").await["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -374,26 +355,7 @@ async fn a_disabled_user_stands_nowhere_even_with_a_credential_that_escaped_revo
 ) {
     owner_key(&app).await;
     member_with_key(&app, "bob@example.com", None).await;
-    let agent = cli(
-        &app.db,
-        &[
-            "--json",
-            "pat",
-            "create",
-            "--org",
-            "default",
-            "--user",
-            "bob@example.com",
-            "--name",
-            "agent",
-            "--scopes",
-            "account:read",
-        ],
-        None,
-    )
-    .await
-    .ok()
-    .json()["token"]
+    let agent = pat_of(&app, "default", "bob@example.com", "account:read").await["token"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -41,17 +41,7 @@ pub(crate) async fn pat(app: &TestApp, scopes: &str) -> String {
 /// A PAT named `agent` for `user` in `org`, created through the CLI; its `--json` output
 /// (`id`, `token`, `scopes`, …).
 pub(crate) async fn pat_of(app: &TestApp, org: &str, user: &str, scopes: &str) -> Value {
-    cli(
-        &app.db,
-        &[
-            "--json", "pat", "create", "--org", org, "--user", user, "--name", "agent", "--scopes",
-            scopes,
-        ],
-        None,
-    )
-    .await
-    .ok()
-    .json()
+    crate::helpers::cli_pat(&app.db, org, user, scopes).await
 }
 
 async fn protected_resource_metadata_is_served_at_both_paths(app: TestApp) {

@@ -75,16 +75,7 @@ async fn three_instances_share_one_postgres() {
     };
     let store = db.store().await;
     store.migrate().await.unwrap();
-    let key = gatehouse::crypto::PlainToken::generate(gatehouse::crypto::TokenKind::ApiKey);
-    store
-        .create_initial_owner(
-            &gatehouse::domain::Email::parse("owner@example.com").unwrap(),
-            &key.hash(),
-            1,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let key = crate::helpers::seed_owner(&store).await;
     let first = Serve::new(&db);
     let public = first.base();
     let (a, b, c) = tokio::join!(
@@ -142,7 +133,7 @@ async fn three_instances_share_one_postgres() {
         .form(&[
             ("request", hidden(&html, "request")),
             ("csrf", hidden(&html, "csrf")),
-            ("api_key", key.expose().to_owned()),
+            ("api_key", key.clone()),
         ])
         .send()
         .await
@@ -246,26 +237,7 @@ async fn three_instances_share_one_postgres() {
     assert!(took < Duration::from_millis(1000), "took {took:?}");
 
     // A PAT revoked by the CLI (another process again) likewise.
-    let pat = cli(
-        &db,
-        &[
-            "--json",
-            "pat",
-            "create",
-            "--org",
-            "default",
-            "--user",
-            "owner@example.com",
-            "--name",
-            "agent",
-            "--scopes",
-            "account:read",
-        ],
-        None,
-    )
-    .await
-    .ok()
-    .json();
+    let pat = crate::helpers::cli_pat(&db, "default", "owner@example.com", "account:read").await;
     let token = pat["token"].as_str().unwrap().to_owned();
     for base in [a, b, c] {
         assert_eq!(mcp(&http, base, &token).await, StatusCode::OK);

@@ -2,8 +2,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use gatehouse::crypto::{PlainToken, TokenKind};
-use gatehouse::domain::Email;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -28,13 +26,7 @@ pub fn pkce() -> Pkce {
 
 /// Creates the first owner (org `default`) and returns their API key.
 pub async fn owner_key(app: &TestApp) -> String {
-    let key = PlainToken::generate(TokenKind::ApiKey);
-    app.store
-        .create_initial_owner(&Email::parse("owner@example.com").unwrap(), &key.hash(), 1)
-        .await
-        .unwrap()
-        .expect("empty database");
-    key.expose().to_owned()
+    crate::helpers::seed_owner(&app.store).await
 }
 
 pub async fn register(app: &TestApp, body: Value) -> (StatusCode, Value) {

@@ -203,23 +203,14 @@ async fn store_02_no_secret_handed_out_or_typed_in_is_in_the_logs(db: TestDb) {
     store.migrate().await.unwrap();
     // The owner exists before the first start, so no first-start key is printed (that
     // one is shown on purpose).
-    let key = gatehouse::crypto::PlainToken::generate(gatehouse::crypto::TokenKind::ApiKey);
-    store
-        .create_initial_owner(
-            &gatehouse::domain::Email::parse("owner@example.com").unwrap(),
-            &key.hash(),
-            1,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    let key = crate::helpers::seed_owner(&store).await;
     let mut served = Serve::new(&db)
         .env("GATEHOUSE__LOG__FORMAT", "json")
         .env("GATEHOUSE__LOG__FILTER", "debug")
         .start()
         .await;
     let app = app_for(&served, db).await;
-    let secrets = hand_out_secrets(&app, key.expose().to_owned()).await;
+    let secrets = hand_out_secrets(&app, key).await;
     served.stop().await;
     let out = served.output_bytes();
     let text = String::from_utf8_lossy(&out);

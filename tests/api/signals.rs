@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::both_backends;
-use crate::helpers::{TestDb, cli};
+use crate::helpers::{TestDb, cli_pat, seed_owner};
 use crate::oauth_helpers::*;
 use crate::process::{Serve, app_for};
 
@@ -144,36 +144,14 @@ async fn sigkill_in_the_middle_of_flows_loses_nothing_acknowledged(db: TestDb) {
     // The owner exists before the start, and a PAT that may create PATs.
     let store = db.store().await;
     store.migrate().await.unwrap();
-    let key = gatehouse::crypto::PlainToken::generate(gatehouse::crypto::TokenKind::ApiKey);
-    store
-        .create_initial_owner(
-            &gatehouse::domain::Email::parse("owner@example.com").unwrap(),
-            &key.hash(),
-            1,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    let pat = cli(
+    let key = seed_owner(&store).await;
+    let pat = cli_pat(
         &db,
-        &[
-            "--json",
-            "pat",
-            "create",
-            "--org",
-            "default",
-            "--user",
-            "owner@example.com",
-            "--name",
-            "loader",
-            "--scopes",
-            "account:read account:write",
-        ],
-        None,
+        "default",
+        "owner@example.com",
+        "account:read account:write",
     )
-    .await
-    .ok()
-    .json()["token"]
+    .await["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -196,7 +174,7 @@ async fn sigkill_in_the_middle_of_flows_loses_nothing_acknowledged(db: TestDb) {
             ("resource", &format!("{public}/mcp")),
         ],
     );
-    let redirect = sign_in_and_approve(&app, &q, key.expose()).await;
+    let redirect = sign_in_and_approve(&app, &q, &key).await;
     let pending_code = query_param(&redirect, "code").expect("code");
     let p2 = pkce();
     let q2 = authorize_query(
@@ -208,7 +186,7 @@ async fn sigkill_in_the_middle_of_flows_loses_nothing_acknowledged(db: TestDb) {
             ("resource", &format!("{public}/mcp")),
         ],
     );
-    let redirect = sign_in_and_approve(&app, &q2, key.expose()).await;
+    let redirect = sign_in_and_approve(&app, &q2, &key).await;
     let code = query_param(&redirect, "code").unwrap();
     let (status, tokens, _) = exchange(&app, &client_id, &code, CB, &p2.verifier).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");

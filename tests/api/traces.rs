@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{TestDb, cli};
+use crate::helpers::{TestDb, cli_pat, seed_owner};
 use crate::process::Serve;
 
 both_backends!(db: spans_reach_an_otlp_collector_and_continue_the_callers_trace);
@@ -71,36 +71,8 @@ async fn spans_reach_an_otlp_collector_and_continue_the_callers_trace(db: TestDb
     // Creating the owner first means the first start prints no key.
     let store = db.store().await;
     store.migrate().await.unwrap();
-    let key = gatehouse::crypto::PlainToken::generate(gatehouse::crypto::TokenKind::ApiKey);
-    store
-        .create_initial_owner(
-            &gatehouse::domain::Email::parse("owner@example.com").unwrap(),
-            &key.hash(),
-            1,
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    let pat = cli(
-        &db,
-        &[
-            "--json",
-            "pat",
-            "create",
-            "--org",
-            "default",
-            "--user",
-            "owner@example.com",
-            "--name",
-            "traced",
-            "--scopes",
-            "account:read",
-        ],
-        None,
-    )
-    .await
-    .ok()
-    .json()["token"]
+    seed_owner(&store).await;
+    let pat = cli_pat(&db, "default", "owner@example.com", "account:read").await["token"]
         .as_str()
         .unwrap()
         .to_owned();
