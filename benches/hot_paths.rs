@@ -131,7 +131,39 @@ fn mcp_requests(c: &mut Criterion) {
         let mut c = claims(now);
         c.sub = owner.user.id.clone();
         c.org = owner.org.id.clone();
+        // The server honours only access tokens it recorded as issued: record this one.
+        let gatehouse::storage::Store::Sqlite(pool) = store else {
+            unreachable!("the benchmark database is SQLite");
+        };
+        sqlx::query(
+            "INSERT INTO oauth_families (id, client_id, user_id, org_id, created_at, last_used_at) \
+             VALUES ('fam_bench', $1, $2, $3, $4, $4)",
+        )
+        .bind(&c.client_id)
+        .bind(&c.sub)
+        .bind(&c.org)
+        .bind(now)
+        .execute(pool)
+        .await
+        .expect("family");
+        sqlx::query(
+            "INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) VALUES ($1, 'fam_bench', $2)",
+        )
+        .bind(HashedToken::of(&c.jti).as_str())
+        .bind(c.exp)
+        .execute(pool)
+        .await
+        .expect("access token");
         let access = jwt::sign(&state.keys.current(), &c).expect("sign");
+        // What `serve` runs: the credential-change feed keeps cached tokens trusted
+        // (without it, each one is re-checked against the database every second).
+        let feed = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = feed.token_cache.sync(&feed.store).await;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
         let router = gatehouse::routes::router(state);
         (router, pat.expose().to_owned(), access)
     });
@@ -148,7 +180,12 @@ fn mcp_requests(c: &mut Criterion) {
         let router = router.clone();
         async move {
             let res = router.oneshot(req).await.expect("infallible");
-            assert!(res.status().is_success(), "{}", res.status());
+            assert!(
+                res.status().is_success(),
+                "{} {:?}",
+                res.status(),
+                res.headers().get("www-authenticate")
+            );
             axum::body::to_bytes(res.into_body(), usize::MAX)
                 .await
                 .expect("body")

@@ -49,7 +49,7 @@ pub mod mcp {
     }
 
     pub fn parse_envelope(obj: &Map<String, Value>) -> Result<Envelope, Refusal> {
-        match server::parse_envelope(obj) {
+        match server::parse_envelope(obj.clone()) {
             Ok(Message::Request { id, method, params }) => {
                 Ok(Envelope::Request { id, method, params })
             }

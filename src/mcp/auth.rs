@@ -3,15 +3,19 @@
 //! re-checked against revocations at most a second after its last check.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use sha2::{Digest, Sha256};
+
 use crate::crypto::jwt;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
 use crate::domain::{OrgStatus, Role, ScopeSet};
+use crate::limits::Bucket;
 use crate::metrics::AuthRejection as R;
 use crate::state::AppState;
 use crate::storage::{CredentialChange, StorageError, Store};
@@ -81,6 +85,9 @@ pub struct Principal {
     /// The digest that identifies the credential (PAT hash or access-token jti hash),
     /// for last-used bookkeeping; empty for anonymous callers.
     pub credential: String,
+    /// The `/mcp` rate-limit bucket of the credential, made once when it is verified;
+    /// `None` for anonymous callers, who are limited by address.
+    pub limit_bucket: Option<Bucket>,
 }
 
 impl Principal {
@@ -100,6 +107,7 @@ impl Principal {
                 identity: Identity::EMPTY,
             },
             credential: String::new(),
+            limit_bucket: None,
         }
     }
 }
@@ -121,18 +129,50 @@ struct Cached {
 /// While that feed is current (its last successful read began less than a second ago),
 /// a cached token needs no query at all; when it is not (the database is unreachable),
 /// each cached token is re-checked by itself at most a second after its last check.
-#[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<String, Cached>>,
+    entries: Mutex<HashMap<CacheKey, Cached>>,
     feed: Mutex<Feed>,
+    /// When the last successful read of the feed began, in nanoseconds after `epoch`
+    /// (0: never). Read on every request, so an atomic rather than the feed's lock.
+    synced_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            feed: Mutex::default(),
+            synced_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// A cache key: the token's raw SHA-256. Hashing its first eight bytes (with the map's
+/// random keys) is enough, since only verified tokens get in; it saves hex-encoding and
+/// hashing 64 characters on every request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(head));
+    }
 }
 
 #[derive(Default)]
 struct Feed {
     /// The highest change id applied.
     last_id: i64,
-    /// When the last successful read began.
-    synced: Option<Instant>,
     /// Ids applied within the look-back window (ids may commit out of order on
     /// PostgreSQL, so the window is read again and these are skipped).
     applied: BTreeSet<i64>,
@@ -146,11 +186,8 @@ const RECENT: usize = 10_000;
 
 impl TokenCache {
     fn feed_is_current(&self) -> bool {
-        self.feed
-            .lock()
-            .ok()
-            .and_then(|f| f.synced)
-            .is_some_and(|t| t.elapsed() < RECHECK)
+        let synced = self.synced_ns.load(Ordering::Acquire);
+        synced != 0 && self.epoch.elapsed().as_nanos() < u128::from(synced) + RECHECK.as_nanos()
     }
 
     fn feed_mark(&self) -> i64 {
@@ -174,7 +211,7 @@ impl TokenCache {
         let mut applied = 0;
         loop {
             let after = self.feed.lock().map(|f| f.last_id).unwrap_or(0);
-            if after == 0 && self.feed.lock().is_ok_and(|f| f.synced.is_none()) {
+            if after == 0 && self.synced_ns.load(Ordering::Acquire) == 0 {
                 // First read: history is irrelevant to an empty cache.
                 let latest = store.latest_credential_change().await?;
                 if let Ok(mut f) = self.feed.lock() {
@@ -216,9 +253,11 @@ impl TokenCache {
                 break;
             }
         }
-        if let Ok(mut f) = self.feed.lock() {
-            f.synced = Some(started);
-        }
+        let since_epoch = started.saturating_duration_since(self.epoch).as_nanos();
+        self.synced_ns.store(
+            u64::try_from(since_epoch).unwrap_or(u64::MAX).max(1),
+            Ordering::Release,
+        );
         Ok(applied)
     }
 }
@@ -360,30 +399,32 @@ pub async fn authenticate(
     let Some(token) = bearer(headers)? else {
         return Ok(None);
     };
-    let digest = HashedToken::of(token).as_str().to_owned();
+    let key = CacheKey::of(token);
     let now = state.clock.now();
+    let feed_current = state.token_cache.feed_is_current();
+    // The revocation key is copied out only when the entry must be re-checked.
     let cached = state.token_cache.entries.lock().ok().and_then(|c| {
-        c.get(&digest).map(|e| {
+        c.get(&key).map(|e| {
+            let recheck = !feed_current && e.checked.elapsed() >= RECHECK;
             (
                 e.principal.clone(),
-                e.revocation_key.clone(),
-                e.checked.elapsed() < RECHECK,
+                recheck.then(|| e.revocation_key.clone()),
             )
         })
     });
-    if let Some((principal, revocation_key, fresh)) = cached {
+    if let Some((principal, stale)) = cached {
         if principal.expires_at.is_some_and(|exp| exp <= now) {
-            forget(state, &digest);
+            forget(state, &key);
             return Err(BearerError::Invalid(R::Expired, "token expired"));
         }
-        if fresh || state.token_cache.feed_is_current() {
+        let Some(revocation_key) = stale else {
             return Ok(Some(principal));
-        }
+        };
         let rechecked = recheck(state, &revocation_key, &principal, now).await;
         return match rechecked {
             Ok(principal) => {
                 if let Ok(mut c) = state.token_cache.entries.lock()
-                    && let Some(e) = c.get_mut(&digest)
+                    && let Some(e) = c.get_mut(&key)
                 {
                     e.checked = Instant::now();
                     e.principal = principal.clone();
@@ -392,7 +433,7 @@ pub async fn authenticate(
             }
             Err(e) => {
                 if !matches!(e, BearerError::Unavailable) {
-                    forget(state, &digest);
+                    forget(state, &key);
                 }
                 Err(e)
             }
@@ -410,7 +451,7 @@ pub async fn authenticate(
                 // Drop a tenth, not everything: clearing the whole map made a working
                 // set at the bound re-verify every token (measured: 0.14× at 10,000).
                 let excess = c.len() + 1 - bound * 9 / 10;
-                let victims: Vec<String> = c.keys().take(excess).cloned().collect();
+                let victims: Vec<CacheKey> = c.keys().take(excess).copied().collect();
                 for k in victims {
                     c.remove(&k);
                 }
@@ -424,15 +465,15 @@ pub async fn authenticate(
         // A change the feed applied while this token was being verified could not
         // drop an entry that did not exist yet: such an entry is not kept.
         if !state.token_cache.changed_since(mark, &entry) {
-            c.insert(digest, entry);
+            c.insert(key, entry);
         }
     }
     Ok(Some(principal))
 }
 
-fn forget(state: &AppState, digest: &str) {
+fn forget(state: &AppState, key: &CacheKey) {
     if let Ok(mut c) = state.token_cache.entries.lock() {
-        c.remove(digest);
+        c.remove(key);
     }
 }
 
@@ -536,6 +577,7 @@ async fn verify(
             expires_at: pat.expires_at,
             standing: UNCHECKED,
             credential: hash.as_str().to_owned(),
+            limit_bucket: Some(Bucket::credential(hash.as_str())),
         };
         return Ok((principal, format!("pat:{}", hash.as_str())));
     }
@@ -575,6 +617,7 @@ async fn verify(
         expires_at: Some(claims.exp),
         standing: UNCHECKED,
         credential: jti.as_str().to_owned(),
+        limit_bucket: Some(Bucket::credential(jti.as_str())),
     };
     Ok((principal, format!("jti:{}", jti.as_str())))
 }

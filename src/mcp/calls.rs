@@ -261,7 +261,7 @@ impl Call {
             ),
             (r, _) => r,
         };
-        let mut body = result.to_json_for(self.tool.spec());
+        let mut body = result.into_json_for(self.tool.spec());
         decorate(self.era, &mut body);
         rpc::result_message(self.id, body)
     }

@@ -53,7 +53,7 @@ impl Request<'_> {
     pub fn extras(&self) -> RequestExtras {
         let meta = self.meta();
         RequestExtras {
-            protocol_version: self.era.version().to_owned(),
+            protocol_version: self.era.version(),
             client_capabilities: meta
                 .and_then(|m| m.get(rpc::META_CAPABILITIES))
                 .cloned()
@@ -238,11 +238,22 @@ pub(crate) fn next_cursor(offset: usize) -> String {
 }
 
 /// One page of `items` from the request's cursor, with `nextCursor` when more remain.
-fn page(req: &Request<'_>, items: Vec<Value>, key: &str) -> Result<Value, RpcError> {
+/// Only the page's items are turned into JSON.
+fn page<T>(
+    req: &Request<'_>,
+    items: &[T],
+    key: &str,
+    to_value: impl Fn(&T) -> Value,
+) -> Result<Value, RpcError> {
     let size = req.state.config.mcp.page_size;
     let start = cursor_start(req.params.get("cursor"), items.len())?;
     let end = (start + size).min(items.len());
-    let mut out = json!({ key: items[start..end] });
+    let mut out = Map::new();
+    out.insert(
+        key.to_owned(),
+        Value::Array(items[start..end].iter().map(to_value).collect()),
+    );
+    let mut out = Value::Object(out);
     if end < items.len() {
         out["nextCursor"] = json!(next_cursor(end));
     }
@@ -254,16 +265,11 @@ fn page(req: &Request<'_>, items: Vec<Value>, key: &str) -> Result<Value, RpcErr
 }
 
 fn list_tools(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
-    let items = registry
-        .tools()
-        .iter()
-        .map(|t| t.definition.clone())
-        .collect();
-    page(req, items, "tools")
+    page(req, registry.tools(), "tools", |t| t.definition.clone())
 }
 
 fn list_prompts(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
-    let items = registry
+    let items: Vec<Value> = registry
         .prompts()
         .iter()
         .map(|p| {
@@ -280,7 +286,7 @@ fn list_prompts(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcErro
             v
         })
         .collect();
-    page(req, items, "prompts")
+    page(req, &items, "prompts", Value::clone)
 }
 
 async fn get_prompt(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
@@ -356,7 +362,7 @@ fn complete(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
 }
 
 fn list_resources(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
-    let items = registry
+    let items: Vec<Value> = registry
         .resources()
         .iter()
         .map(|r| {
@@ -374,11 +380,11 @@ fn list_resources(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcEr
             v
         })
         .collect();
-    page(req, items, "resources")
+    page(req, &items, "resources", Value::clone)
 }
 
 fn list_templates(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
-    let items = registry
+    let items: Vec<Value> = registry
         .templates()
         .iter()
         .map(|t| {
@@ -395,7 +401,7 @@ fn list_templates(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcEr
             v
         })
         .collect();
-    page(req, items, "resourceTemplates")
+    page(req, &items, "resourceTemplates", Value::clone)
 }
 
 async fn read_resource(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {

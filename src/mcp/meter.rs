@@ -19,7 +19,7 @@ const QUOTA_REFRESH: Duration = Duration::from_secs(5);
 /// a second).
 const LAST_USED_RESOLUTION: i64 = 60;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct UsageKey {
     org_id: String,
     user_id: String,
@@ -27,6 +27,66 @@ struct UsageKey {
     tool: String,
     day: i64,
 }
+
+/// A [`UsageKey`] made of borrowed parts: counting a call under a key already pending
+/// allocates nothing (the owned key is made only for a new one).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct UsageRef<'a> {
+    org_id: &'a str,
+    user_id: &'a str,
+    client_id: &'a str,
+    tool: &'a str,
+    day: i64,
+}
+
+trait AsUsageRef {
+    fn usage_ref(&self) -> UsageRef<'_>;
+}
+
+impl AsUsageRef for UsageKey {
+    fn usage_ref(&self) -> UsageRef<'_> {
+        UsageRef {
+            org_id: &self.org_id,
+            user_id: &self.user_id,
+            client_id: &self.client_id,
+            tool: &self.tool,
+            day: self.day,
+        }
+    }
+}
+
+impl AsUsageRef for UsageRef<'_> {
+    fn usage_ref(&self) -> UsageRef<'_> {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn AsUsageRef + 'a> for UsageKey {
+    fn borrow(&self) -> &(dyn AsUsageRef + 'a) {
+        self
+    }
+}
+
+// Owned and borrowed keys hash and compare through the same view, as `Borrow` requires.
+impl std::hash::Hash for UsageKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.usage_ref().hash(state);
+    }
+}
+
+impl std::hash::Hash for dyn AsUsageRef + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.usage_ref().hash(state);
+    }
+}
+
+impl PartialEq for dyn AsUsageRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.usage_ref() == other.usage_ref()
+    }
+}
+
+impl Eq for dyn AsUsageRef + '_ {}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -45,8 +105,6 @@ struct QuotaDay {
 #[derive(Default)]
 struct Pending {
     usage: HashMap<UsageKey, Counts>,
-    /// Calls per (organization, day) not yet written, for quotas.
-    unwritten: HashMap<(String, i64), i64>,
     pats: HashMap<String, i64>,
     access_tokens: HashMap<String, i64>,
     audit: Vec<AuditEntry>,
@@ -102,22 +160,32 @@ impl Meter {
         latency: Duration,
     ) {
         let day = now.div_euclid(DAY);
-        let key = UsageKey {
-            org_id: caller.org_id.clone(),
-            user_id: caller.user_id.clone(),
-            client_id: caller.client_id.clone().unwrap_or_default(),
-            tool: tool.to_owned(),
+        let key = UsageRef {
+            org_id: &caller.org_id,
+            user_id: &caller.user_id,
+            client_id: caller.client_id.as_deref().unwrap_or_default(),
+            tool,
             day,
         };
         let latency_us = i64::try_from(latency.as_micros()).unwrap_or(i64::MAX);
         let Ok(mut p) = self.pending.lock() else {
             return;
         };
-        let c = p.usage.entry(key).or_default();
-        c.calls += 1;
-        c.errors += i64::from(is_error);
-        c.latency_us = c.latency_us.saturating_add(latency_us);
-        *p.unwritten.entry((caller.org_id.clone(), day)).or_default() += 1;
+        if !p.usage.contains_key(&key as &dyn AsUsageRef) {
+            let owned = UsageKey {
+                org_id: key.org_id.to_owned(),
+                user_id: key.user_id.to_owned(),
+                client_id: key.client_id.to_owned(),
+                tool: key.tool.to_owned(),
+                day,
+            };
+            p.usage.insert(owned, Counts::default());
+        }
+        if let Some(c) = p.usage.get_mut(&key as &dyn AsUsageRef) {
+            c.calls += 1;
+            c.errors += i64::from(is_error);
+            c.latency_us = c.latency_us.saturating_add(latency_us);
+        }
         let p = &mut *p;
         match caller.kind {
             CredentialKind::Pat => note_use(&mut p.pats, &mut p.noted, &caller.credential, now),
@@ -149,7 +217,12 @@ impl Meter {
         // one to the other is counted exactly once.
         let unwritten = |m: &Self| {
             let Ok(p) = m.pending.lock() else { return 0 };
-            let pending = p.unwritten.get(&key).copied().unwrap_or(0);
+            let pending: i64 = p
+                .usage
+                .iter()
+                .filter(|(k, _)| k.org_id == org_id && k.day == day)
+                .map(|(_, c)| c.calls)
+                .sum();
             let inflight = m
                 .inflight
                 .lock()
@@ -184,7 +257,7 @@ impl Meter {
 
     /// Writes everything pending. On failure the batch is put back for the next try.
     pub async fn flush(&self, store: &Store) -> Result<Flushed, StorageError> {
-        let taken = match self.pending.lock() {
+        let (taken, unwritten) = match self.pending.lock() {
             Ok(mut p) => {
                 let mut taken = std::mem::take(&mut *p);
                 let newest = taken.noted.values().copied().max().unwrap_or(0);
@@ -192,19 +265,20 @@ impl Meter {
                     .noted
                     .retain(|_, at| newest - *at < LAST_USED_RESOLUTION);
                 p.noted = std::mem::take(&mut taken.noted);
+                let unwritten = calls_by_org_day(&taken.usage);
                 if let Ok(mut f) = self.inflight.lock() {
-                    for (k, n) in &taken.unwritten {
+                    for (k, n) in &unwritten {
                         *f.entry(k.clone()).or_default() += n;
                     }
                 }
-                taken
+                (taken, unwritten)
             }
             Err(_) => return Ok(Flushed::default()),
         };
         let mut written = Written::default();
         let result = write(store, &taken, &mut written).await;
         if written.usage {
-            self.written(&taken.unwritten);
+            self.written(&unwritten);
         }
         match result {
             Ok(done) => Ok(done),
@@ -212,10 +286,9 @@ impl Meter {
                 // Only what did not reach the database goes back, so nothing is counted twice.
                 let mut rest = taken;
                 if written.usage {
-                    rest.unwritten.clear();
                     rest.usage.clear();
                 } else if let Ok(mut f) = self.inflight.lock() {
-                    for (k, n) in &rest.unwritten {
+                    for (k, n) in &unwritten {
                         if let Some(v) = f.get_mut(k) {
                             *v -= n;
                         }
@@ -262,9 +335,6 @@ impl Meter {
             e.errors += c.errors;
             e.latency_us = e.latency_us.saturating_add(c.latency_us);
         }
-        for (k, n) in taken.unwritten {
-            *p.unwritten.entry(k).or_default() += n;
-        }
         for (k, at) in taken.pats {
             let e = p.pats.entry(k).or_insert(at);
             *e = (*e).max(at);
@@ -277,6 +347,15 @@ impl Meter {
         audit.append(&mut p.audit);
         p.audit = audit;
     }
+}
+
+/// Calls per (organization, day) in a batch of usage, for quotas.
+fn calls_by_org_day(usage: &HashMap<UsageKey, Counts>) -> HashMap<(String, i64), i64> {
+    let mut out = HashMap::new();
+    for (k, c) in usage {
+        *out.entry((k.org_id.clone(), k.day)).or_default() += c.calls;
+    }
+    out
 }
 
 #[derive(Default)]

@@ -145,8 +145,13 @@ pub fn clip(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// Built by moving `id` and `result` in; `json!` would copy them through the serializer.
 pub fn result_message(id: Value, result: Value) -> Value {
-    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+    let mut m = serde_json::Map::new();
+    m.insert("jsonrpc".into(), Value::String("2.0".into()));
+    m.insert("id".into(), id);
+    m.insert("result".into(), result);
+    Value::Object(m)
 }
 
 /// Serializes once into the body; no `Json` extractor round trip.

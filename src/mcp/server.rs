@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use super::auth::{BearerError, CredentialKind, Principal, authenticate};
+use super::auth::{BearerError, Principal, authenticate};
 use super::dispatch::{self, Reply, Request};
 use super::rpc::{self, DEFAULT_VERSION, Era, INVALID_REQUEST, PARSE_ERROR, RpcError};
 use crate::limits::{Bucket, ClientAddr};
@@ -49,11 +49,15 @@ pub async fn post_mcp(
         Err(e) => return e.into_response(&state),
     };
     if let Some(rate) = state.config.limits.mcp_per_credential {
-        let bucket = match principal.kind {
-            CredentialKind::Anonymous => Bucket::address("mcp", addr),
-            _ => Bucket::credential(&principal.credential),
+        let by_address;
+        let bucket = match &principal.limit_bucket {
+            Some(b) => b,
+            None => {
+                by_address = Bucket::address("mcp", addr);
+                &by_address
+            }
         };
-        if let Err(e) = state.mcp_limits.hit(&bucket, rate, state.clock.now()) {
+        if let Err(e) = state.mcp_limits.hit(bucket, rate, state.clock.now()) {
             state.metrics.mcp.auth_rejected(AuthRejection::RateLimited);
             let message = format!(
                 "rate limit reached ({rate}); try again in {} seconds",
@@ -109,12 +113,13 @@ pub(crate) enum Message {
     ClientResponse,
 }
 
-pub(crate) fn parse_envelope(obj: &Map<String, Value>) -> Result<Message, (Value, RpcError)> {
-    let raw_id = obj.get("id").cloned();
-    let echo_id = raw_id
-        .clone()
-        .filter(|i| i.is_string() || i.is_number())
-        .unwrap_or(Value::Null);
+pub(crate) fn parse_envelope(mut obj: Map<String, Value>) -> Result<Message, (Value, RpcError)> {
+    // Taken apart by value: the params move out rather than being copied.
+    let raw_id = obj.remove("id");
+    let echo_id = match &raw_id {
+        Some(i) if i.is_string() || i.is_number() => i.clone(),
+        _ => Value::Null,
+    };
     let bad = |m: &str| {
         (
             echo_id.clone(),
@@ -124,18 +129,18 @@ pub(crate) fn parse_envelope(obj: &Map<String, Value>) -> Result<Message, (Value
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err(bad("invalid request: jsonrpc must be \"2.0\""));
     }
-    let Some(method) = obj.get("method") else {
+    let Some(method) = obj.remove("method") else {
         if obj.contains_key("result") || obj.contains_key("error") {
             return Ok(Message::ClientResponse);
         }
         return Err(bad("invalid request: method is missing"));
     };
-    let Some(method) = method.as_str() else {
+    let Value::String(method) = method else {
         return Err(bad("invalid request: method must be a string"));
     };
-    let params = match obj.get("params") {
+    let params = match obj.remove("params") {
         None => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
+        Some(Value::Object(m)) => m,
         Some(_) => return Err(bad("invalid request: params must be an object")),
     };
     let Some(id) = raw_id else {
@@ -144,11 +149,7 @@ pub(crate) fn parse_envelope(obj: &Map<String, Value>) -> Result<Message, (Value
     if !(id.is_string() || id.is_i64() || id.is_u64()) {
         return Err(bad("invalid request: id must be a string or an integer"));
     }
-    Ok(Message::Request {
-        id,
-        method: method.to_owned(),
-        params,
-    })
+    Ok(Message::Request { id, method, params })
 }
 
 /// The routing rule: `initialize` with a `protocolVersion` is the legacy handshake; a
@@ -281,7 +282,7 @@ async fn handle_single(
     header_version: Option<&str>,
     obj: Map<String, Value>,
 ) -> Response {
-    let (id, method, params) = match parse_envelope(&obj) {
+    let (id, method, params) = match parse_envelope(obj) {
         Ok(Message::Request { id, method, params }) => (id, method, params),
         Ok(Message::Notification | Message::ClientResponse) => {
             return StatusCode::ACCEPTED.into_response();
@@ -358,7 +359,7 @@ async fn handle_batch(
             );
             continue;
         };
-        let (id, method, params) = match parse_envelope(&obj) {
+        let (id, method, params) = match parse_envelope(obj) {
             Ok(Message::Request { id, method, params }) => (id, method, params),
             Ok(_) => continue,
             Err((id, e)) => {

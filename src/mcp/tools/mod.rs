@@ -265,7 +265,10 @@ pub struct Content;
 
 impl Content {
     pub fn text(text: impl Into<String>) -> Value {
-        json!({ "type": "text", "text": text.into() })
+        let mut m = Map::new();
+        m.insert("type".into(), Value::String("text".into()));
+        m.insert("text".into(), Value::String(text.into()));
+        Value::Object(m)
     }
     pub fn image(base64_data: impl Into<String>, mime_type: &str) -> Value {
         json!({ "type": "image", "data": base64_data.into(), "mimeType": mime_type })
@@ -306,7 +309,10 @@ impl ToolResult {
     /// Structured JSON, also serialized into a text block for older clients.
     pub fn json(value: Value) -> Self {
         Self::Complete {
-            content: vec![Content::text(value.to_string())],
+            // Into a Vec: Value's Display goes through fmt::Write, which profiles slower.
+            content: vec![Content::text(
+                serde_json::to_string(&value).unwrap_or_default(),
+            )],
             structured: Some(value),
             is_error: false,
         }
@@ -351,9 +357,10 @@ impl ToolResult {
     /// outputSchema promises structuredContent of that shape, and clients built on the
     /// TypeScript SDK check it even on error results, so the `{ "error": … }` of a
     /// [`ToolResult::coded_error`] travels in `_meta` under [`ERROR_META`] instead.
-    pub fn to_json_for(&self, spec: &ToolSpec) -> Value {
-        let mut out = self.to_json();
-        if self.is_error()
+    pub fn into_json_for(self, spec: &ToolSpec) -> Value {
+        let is_error = self.is_error();
+        let mut out = self.into_json();
+        if is_error
             && spec.has_output_schema()
             && let Some(obj) = out.as_object_mut()
             && let Some(mut structured) = obj.remove("structuredContent")
@@ -367,35 +374,42 @@ impl ToolResult {
         out
     }
 
-    /// The `CallToolResult` body (without revision-specific fields).
-    pub fn to_json(&self) -> Value {
+    /// The `CallToolResult` body (without revision-specific fields). Moves the parts
+    /// in: `json!` would copy each one through the serializer.
+    pub fn into_json(self) -> Value {
+        let mut out = Map::new();
         match self {
             Self::Complete {
                 content,
                 structured,
                 is_error,
             } => {
-                let mut out = json!({ "content": content, "isError": is_error });
+                out.insert("content".into(), Value::Array(content));
+                out.insert("isError".into(), Value::Bool(is_error));
                 if let Some(s) = structured {
-                    out["structuredContent"] = s.clone();
+                    out.insert("structuredContent".into(), s);
                 }
-                out
             }
             Self::InputRequired {
                 input_requests,
                 request_state,
             } => {
-                let mut out =
-                    json!({ "resultType": "input_required", "inputRequests": input_requests });
+                out.insert("resultType".into(), json!("input_required"));
+                out.insert("inputRequests".into(), input_requests);
                 if let Some(s) = request_state {
-                    out["requestState"] = json!(s);
+                    out.insert("requestState".into(), Value::String(s));
                 }
-                out
             }
             Self::InvalidRequest(message) => {
-                json!({ "content": [{ "type": "text", "text": message }], "isError": true })
+                out.insert("content".into(), Value::Array(vec![Content::text(message)]));
+                out.insert("isError".into(), Value::Bool(true));
             }
         }
+        Value::Object(out)
+    }
+
+    pub fn to_json(&self) -> Value {
+        self.clone().into_json()
     }
 }
 
@@ -440,7 +454,7 @@ pub struct ToolContext {
 #[derive(Debug, Default)]
 pub struct RequestExtras {
     /// The protocol revision of this request.
-    pub protocol_version: String,
+    pub protocol_version: &'static str,
     /// The client's declared capabilities (2026-07-28: from `_meta`; legacy: unknown, `{}`).
     pub client_capabilities: Value,
     /// 2026-07-28 MRTR: the client's answers to an earlier `InputRequired`.
@@ -868,10 +882,10 @@ mod tests {
             .output_schema(json!({ "type": "object", "required": ["n"] }));
         let err = ToolResult::coded_error("NOT_FOUND", "no such thing");
         assert_eq!(
-            err.to_json_for(&plain)["structuredContent"]["error"]["code"],
+            err.clone().into_json_for(&plain)["structuredContent"]["error"]["code"],
             "NOT_FOUND"
         );
-        let body = err.to_json_for(&shaped);
+        let body = err.into_json_for(&shaped);
         assert_eq!(
             body,
             json!({
@@ -881,7 +895,7 @@ mod tests {
             })
         );
         let ok = ToolResult::json(json!({ "n": 1 }));
-        assert_eq!(ok.to_json_for(&shaped), ok.to_json());
+        assert_eq!(ok.clone().into_json_for(&shaped), ok.to_json());
     }
 
     #[test]
