@@ -154,6 +154,68 @@ impl WriteGrant for sqlx::PgConnection {
     }
 }
 
+/// The refresh grant's fast path on PostgreSQL: claims the old refresh token (still
+/// unrotated, unexpired, its family unrevoked) and, only if that claim wins, records its
+/// successor and writes the new grant, all in one statement. Whether the claim won.
+async fn claim_and_write_pg(
+    conn: &mut sqlx::PgConnection,
+    old_hash: &str,
+    client_id: &str,
+    now: i64,
+    t: &IssuedTokens,
+    sealed: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+        "WITH claimed AS (UPDATE oauth_refresh_tokens SET rotated_at = ",
+    );
+    q.push_bind(now)
+        .push(", successor = ")
+        .push_bind(sealed)
+        .push(" WHERE token_hash = ")
+        .push_bind(old_hash)
+        .push(" AND client_id = ")
+        .push_bind(client_id)
+        .push(" AND rotated_at IS NULL AND expires_at > ")
+        .push_bind(now)
+        .push(
+            " AND family_id IN (SELECT id FROM oauth_families WHERE revoked_at IS NULL) RETURNING family_id)",
+        );
+    q.push(", fam AS (UPDATE oauth_families SET last_used_at = ")
+        .push_bind(now)
+        .push(" WHERE id IN (SELECT family_id FROM claimed))");
+    q.push(", acc AS (INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) SELECT ")
+        .push_bind(&t.access_jti_hash)
+        .push(", family_id, ")
+        .push_bind(t.access_expires_at)
+        .push(" FROM claimed)");
+    if let Some((hash, expires_at)) = &t.refresh {
+        q.push(", ref AS (INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) SELECT ");
+        q.push_bind(hash)
+            .push(", family_id, ")
+            .push_bind(&t.client_id)
+            .push(", ")
+            .push_bind(&t.scopes)
+            .push(", ")
+            .push_bind(&t.resource)
+            .push(", ")
+            .push_bind(now)
+            .push(", ")
+            .push_bind(*expires_at)
+            .push(" FROM claimed)");
+    }
+    // As in `write_grant`: the client row is written at most once a minute.
+    q.push(", cli AS (UPDATE oauth_clients SET last_used_at = ")
+        .push_bind(now)
+        .push(" WHERE id = ")
+        .push_bind(&t.client_id)
+        .push(" AND (last_used_at IS NULL OR last_used_at < ")
+        .push_bind(now - 60)
+        .push(") AND EXISTS (SELECT 1 FROM claimed))");
+    q.push(" SELECT count(*) FROM claimed");
+    let claimed: i64 = q.build_query_scalar().fetch_one(conn).await?;
+    Ok(claimed == 1)
+}
+
 impl WriteGrant for sqlx::SqliteConnection {
     /// Statement by statement: SQLite has no data-modifying CTEs, and its round trips
     /// stay in process.
@@ -676,9 +738,43 @@ impl Store {
              r.rotated_at, r.successor, f.user_id, f.org_id, f.revoked_at AS family_revoked_at";
         let one_trip = matches!(self, Store::Postgres(_));
         let select = format!("{REFRESH_SELECT} WHERE r.token_hash = $1");
+        let mut mint = Some(mint);
+        // PostgreSQL, the common case: read the token, mint from it, then claim it and
+        // write the grant in one autocommitted statement, which does nothing unless the
+        // claim wins. Two round trips instead of four (BEGIN, claim, write, COMMIT); the
+        // row's grant (user, organization, scopes, resource) never changes, so minting
+        // before the claim is sound. Anything unusual takes the transaction below.
+        if let Store::Postgres(pool) = self {
+            let row = sqlx::query_as::<_, RefreshRow>(&select)
+                .bind(token_hash)
+                .fetch_optional(pool)
+                .await?;
+            if let Some(row) = row.filter(|r| {
+                r.client_id == client_id
+                    && r.rotated_at.is_none()
+                    && r.expires_at > now
+                    && r.family_revoked_at.is_none()
+            }) && let Some(mint) = mint.take()
+            {
+                let (issued, sealed, value) = match mint(&row) {
+                    Ok(minted) => minted,
+                    Err(e) => return Ok(RefreshOutcome::Refused(e)),
+                };
+                let mut conn = pool.acquire().await?;
+                if claim_and_write_pg(&mut conn, token_hash, client_id, now, &issued, &sealed)
+                    .await?
+                {
+                    return Ok(RefreshOutcome::Rotated(value));
+                }
+                // Lost a race to another request: the transaction tells which case this is.
+            }
+        }
         Ok(with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            let claimed = if one_trip {
+            let claimed = if mint.is_none() {
+                // Minted above and lost the claim: only the analysis below remains.
+                None
+            } else if one_trip {
                 sqlx::query_as::<_, RefreshRow>(claim_returning)
                     .bind(now)
                     .bind(token_hash)
@@ -712,8 +808,8 @@ impl Store {
                         .await?
                 }
             };
-            let outcome = match (claimed, unclaimed) {
-                (Some(row), _) => {
+            let outcome = match (claimed, unclaimed, mint) {
+                (Some(row), _, Some(mint)) => {
                     let (issued, sealed, value) = match mint(&row) {
                         Ok(minted) => minted,
                         // Returning drops the transaction: the claim is rolled back.
@@ -729,7 +825,7 @@ impl Store {
                         .await?;
                     RefreshOutcome::Rotated(value)
                 }
-                (None, Some(row))
+                (None, Some(row), _)
                     if row.client_id == client_id
                         && row.family_revoked_at.is_none()
                         && row.expires_at > now =>
