@@ -154,6 +154,79 @@ impl WriteGrant for sqlx::PgConnection {
     }
 }
 
+/// The code grant's fast path on PostgreSQL: spends the code (still unused and
+/// unexpired) and, only if that wins, creates the grant's family, tokens and audit row,
+/// all in one statement. Whether the spend won.
+async fn spend_and_write_pg(
+    conn: &mut sqlx::PgConnection,
+    code: &CodeRow,
+    now: i64,
+    t: &IssuedTokens,
+    audit: &AuditEntry,
+) -> Result<bool, sqlx::Error> {
+    let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+        "WITH spent AS (UPDATE oauth_codes SET used_at = ",
+    );
+    q.push_bind(now)
+        .push(" WHERE code_hash = ")
+        .push_bind(&code.code_hash)
+        .push(" AND used_at IS NULL AND expires_at > ")
+        .push_bind(now)
+        .push(" RETURNING code_hash)");
+    q.push(", fam AS (INSERT INTO oauth_families (id, client_id, user_id, org_id, created_at, last_used_at, api_key_id) SELECT ");
+    q.separated(", ")
+        .push_bind(&t.family_id)
+        .push_bind(&t.client_id)
+        .push_bind(&t.user_id)
+        .push_bind(&t.org_id)
+        .push_bind(now)
+        .push_bind(now)
+        .push_bind(code.api_key_id.as_deref());
+    q.push(" FROM spent RETURNING id)");
+    // The tokens reference the family, so they are made from the family's row.
+    q.push(", acc AS (INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) SELECT ")
+        .push_bind(&t.access_jti_hash)
+        .push(", id, ")
+        .push_bind(t.access_expires_at)
+        .push(" FROM fam)");
+    if let Some((hash, expires_at)) = &t.refresh {
+        q.push(", ref AS (INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) SELECT ");
+        q.push_bind(hash)
+            .push(", id, ")
+            .push_bind(&t.client_id)
+            .push(", ")
+            .push_bind(&t.scopes)
+            .push(", ")
+            .push_bind(&t.resource)
+            .push(", ")
+            .push_bind(now)
+            .push(", ")
+            .push_bind(*expires_at)
+            .push(" FROM fam)");
+    }
+    q.push(", aud AS (INSERT INTO audit_log (at, org_id, actor, action, target, source_addr, detail) SELECT ");
+    q.separated(", ")
+        .push_bind(audit.at)
+        .push_bind(audit.org_id.as_deref())
+        .push_bind(audit.actor.as_str())
+        .push_bind(audit.action.as_str())
+        .push_bind(audit.target.as_deref())
+        .push_bind(audit.source_addr.as_deref())
+        .push_bind(audit.detail.as_ref().map(|d| d.to_string()));
+    q.push(" FROM spent)");
+    // As in `write_grant`: the client row is written at most once a minute.
+    q.push(", cli AS (UPDATE oauth_clients SET last_used_at = ")
+        .push_bind(now)
+        .push(" WHERE id = ")
+        .push_bind(&t.client_id)
+        .push(" AND (last_used_at IS NULL OR last_used_at < ")
+        .push_bind(now - 60)
+        .push(") AND EXISTS (SELECT 1 FROM spent))");
+    q.push(" SELECT count(*) FROM spent");
+    let spent: i64 = q.build_query_scalar().fetch_one(conn).await?;
+    Ok(spent == 1)
+}
+
 /// The refresh grant's fast path on PostgreSQL: claims the old refresh token (still
 /// unrotated, unexpired, its family unrevoked) and, only if that claim wins, records its
 /// successor and writes the new grant, all in one statement. Whether the claim won.
@@ -661,15 +734,60 @@ impl Store {
     ) -> Result<CodeRedemption<T>, StorageError> {
         let spend = "UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL AND expires_at > $1 \
                      RETURNING code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at, used_at, api_key_id";
+        let mut mint = Some(mint);
+        // PostgreSQL, the common case: read the code, check and mint, then spend it and
+        // write the grant and its audit row in one autocommitted statement that does
+        // nothing unless the spend wins. Two round trips instead of five; a code's grant
+        // never changes, so minting before the spend is sound. Anything unusual (a
+        // mismatch, a spent or expired code, a lost race) takes the transaction below.
+        if let Store::Postgres(pool) = self {
+            let code = sqlx::query_as::<_, CodeRow>(
+                "SELECT code_hash, client_id, redirect_uri, code_challenge, scopes, resource, user_id, org_id, family_id, created_at, expires_at, used_at, api_key_id \
+                 FROM oauth_codes WHERE code_hash = $1",
+            )
+            .bind(code_hash)
+            .fetch_optional(pool)
+            .await?;
+            if let Some(code) =
+                code.filter(|c| c.used_at.is_none() && c.expires_at > now && matches(c).is_ok())
+                && let Some(mint) = mint.take()
+            {
+                let mut conn = pool.acquire().await?;
+                match mint(&code) {
+                    Ok((issued, value)) => {
+                        if spend_and_write_pg(&mut conn, &code, now, &issued, &audit).await? {
+                            return Ok(CodeRedemption::Redeemed(value));
+                        }
+                    }
+                    Err(reason) => {
+                        // As in the transaction: a code that was presented is spent.
+                        sqlx::query("UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL")
+                            .bind(now)
+                            .bind(code_hash)
+                            .execute(&mut *conn)
+                            .await?;
+                        return Ok(CodeRedemption::Rejected(reason));
+                    }
+                }
+            }
+        }
         Ok(with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            let row = sqlx::query_as::<_, CodeRow>(spend)
-                .bind(now)
-                .bind(code_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let row = if mint.is_some() {
+                sqlx::query_as::<_, CodeRow>(spend)
+                    .bind(now)
+                    .bind(code_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            } else {
+                // Minted above and lost the spend: only the analysis below remains.
+                None
+            };
             let outcome = match row {
-                Some(code) => match matches(&code).and_then(|()| mint(&code)) {
+                Some(code) => match matches(&code).and_then(|()| match mint.take() {
+                    Some(mint) => mint(&code),
+                    None => Err("the code is not valid".to_owned()),
+                }) {
                     Ok((issued, value)) => {
                         (*tx)
                             .write_grant(&GrantWrite {
