@@ -87,6 +87,13 @@ async fn oversized_body_gets_413_and_the_server_keeps_serving(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The JSON error body replaces the layer's empty one before the security headers are
+    // added, so the replacement carries them too.
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(
+        res.headers()["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], "invalid_request");
     let res = app.client.get(app.url("/healthz")).send().await.unwrap();
