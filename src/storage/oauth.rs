@@ -114,26 +114,7 @@ impl WriteGrant for sqlx::PgConnection {
                     .push(")");
             }
         }
-        q.push(
-            ", acc AS (INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) VALUES (",
-        );
-        q.separated(", ")
-            .push_bind(&t.access_jti_hash)
-            .push_bind(&t.family_id)
-            .push_bind(t.access_expires_at);
-        q.push("))");
-        if let Some((hash, expires_at)) = &t.refresh {
-            q.push(", ref AS (INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) VALUES (");
-            q.separated(", ")
-                .push_bind(hash)
-                .push_bind(&t.family_id)
-                .push_bind(&t.client_id)
-                .push_bind(&t.scopes)
-                .push_bind(&t.resource)
-                .push_bind(w.now)
-                .push_bind(*expires_at);
-            q.push("))");
-        }
+        push_token_rows(&mut q, t, w.now, FamilyFrom::Id(&t.family_id));
         if let Some((sealed, old)) = w.successor {
             q.push(", suc AS (UPDATE oauth_refresh_tokens SET successor = ")
                 .push_bind(sealed)
@@ -141,17 +122,86 @@ impl WriteGrant for sqlx::PgConnection {
                 .push_bind(old)
                 .push(")");
         }
-        // See the SQLite arm for why the client row is written at most once a minute.
-        q.push(" UPDATE oauth_clients SET last_used_at = ")
-            .push_bind(w.now)
-            .push(" WHERE id = ")
-            .push_bind(&t.client_id)
-            .push(" AND (last_used_at IS NULL OR last_used_at < ")
-            .push_bind(w.now - 60)
-            .push(")");
+        push_client_use(&mut q, t, w.now, None);
+        q.push(" SELECT 1");
         q.build().execute(self).await?;
         Ok(())
     }
+}
+
+type PgQuery<'a> = sqlx::QueryBuilder<'a, sqlx::Postgres>;
+
+/// Where the rows of a grant written in one PostgreSQL statement take their family id:
+/// the id itself, or each row an earlier CTE returned (so that nothing is written unless
+/// that CTE, a spend or a claim, won).
+#[derive(Clone, Copy)]
+enum FamilyFrom<'a> {
+    Id(&'a str),
+    Cte {
+        cte: &'static str,
+        column: &'static str,
+    },
+}
+
+impl<'a> FamilyFrom<'a> {
+    fn push_id(self, q: &mut PgQuery<'a>) {
+        match self {
+            Self::Id(id) => q.push_bind(id),
+            Self::Cte { column, .. } => q.push(column),
+        };
+    }
+
+    fn push_source(self, q: &mut PgQuery<'a>) {
+        if let Self::Cte { cte, .. } = self {
+            q.push(" FROM ").push(cte);
+        }
+    }
+}
+
+/// Appends the `acc` and (with a refresh token) `ref` CTEs: a grant's access-token id
+/// and refresh token.
+fn push_token_rows<'a>(q: &mut PgQuery<'a>, t: &'a IssuedTokens, now: i64, from: FamilyFrom<'a>) {
+    q.push(", acc AS (INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) SELECT ")
+        .push_bind(&t.access_jti_hash)
+        .push(", ");
+    from.push_id(q);
+    q.push(", ").push_bind(t.access_expires_at);
+    from.push_source(q);
+    q.push(")");
+    if let Some((hash, expires_at)) = &t.refresh {
+        q.push(", ref AS (INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) SELECT ")
+            .push_bind(hash)
+            .push(", ");
+        from.push_id(q);
+        q.push(", ")
+            .push_bind(&t.client_id)
+            .push(", ")
+            .push_bind(&t.scopes)
+            .push(", ")
+            .push_bind(&t.resource)
+            .push(", ")
+            .push_bind(now)
+            .push(", ")
+            .push_bind(*expires_at);
+        from.push_source(q);
+        q.push(")");
+    }
+}
+
+/// Appends the `cli` CTE: the client's last use, written at most once a minute (see the
+/// SQLite arm of `write_grant` for why), and only if the CTE `guard` returned a row.
+fn push_client_use<'a>(q: &mut PgQuery<'a>, t: &'a IssuedTokens, now: i64, guard: Option<&str>) {
+    q.push(", cli AS (UPDATE oauth_clients SET last_used_at = ")
+        .push_bind(now)
+        .push(" WHERE id = ")
+        .push_bind(&t.client_id)
+        .push(" AND (last_used_at IS NULL OR last_used_at < ")
+        .push_bind(now - 60)
+        .push(")");
+    if let Some(guard) = guard {
+        q.push(" AND EXISTS (SELECT 1 FROM ").push(guard).push(")");
+    }
+    q.push(")");
 }
 
 /// The code grant's fast path on PostgreSQL: spends the code (still unused and
@@ -184,26 +234,15 @@ async fn spend_and_write_pg(
         .push_bind(code.api_key_id.as_deref());
     q.push(" FROM spent RETURNING id)");
     // The tokens reference the family, so they are made from the family's row.
-    q.push(", acc AS (INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) SELECT ")
-        .push_bind(&t.access_jti_hash)
-        .push(", id, ")
-        .push_bind(t.access_expires_at)
-        .push(" FROM fam)");
-    if let Some((hash, expires_at)) = &t.refresh {
-        q.push(", ref AS (INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) SELECT ");
-        q.push_bind(hash)
-            .push(", id, ")
-            .push_bind(&t.client_id)
-            .push(", ")
-            .push_bind(&t.scopes)
-            .push(", ")
-            .push_bind(&t.resource)
-            .push(", ")
-            .push_bind(now)
-            .push(", ")
-            .push_bind(*expires_at)
-            .push(" FROM fam)");
-    }
+    push_token_rows(
+        &mut q,
+        t,
+        now,
+        FamilyFrom::Cte {
+            cte: "fam",
+            column: "id",
+        },
+    );
     q.push(", aud AS (INSERT INTO audit_log (at, org_id, actor, action, target, source_addr, detail) SELECT ");
     q.separated(", ")
         .push_bind(audit.at)
@@ -214,14 +253,7 @@ async fn spend_and_write_pg(
         .push_bind(audit.source_addr.as_deref())
         .push_bind(audit.detail.as_ref().map(|d| d.to_string()));
     q.push(" FROM spent)");
-    // As in `write_grant`: the client row is written at most once a minute.
-    q.push(", cli AS (UPDATE oauth_clients SET last_used_at = ")
-        .push_bind(now)
-        .push(" WHERE id = ")
-        .push_bind(&t.client_id)
-        .push(" AND (last_used_at IS NULL OR last_used_at < ")
-        .push_bind(now - 60)
-        .push(") AND EXISTS (SELECT 1 FROM spent))");
+    push_client_use(&mut q, t, now, Some("spent"));
     q.push(" SELECT count(*) FROM spent");
     let spent: i64 = q.build_query_scalar().fetch_one(conn).await?;
     Ok(spent == 1)
@@ -256,34 +288,16 @@ async fn claim_and_write_pg(
     q.push(", fam AS (UPDATE oauth_families SET last_used_at = ")
         .push_bind(now)
         .push(" WHERE id IN (SELECT family_id FROM claimed))");
-    q.push(", acc AS (INSERT INTO oauth_access_tokens (jti_hash, family_id, expires_at) SELECT ")
-        .push_bind(&t.access_jti_hash)
-        .push(", family_id, ")
-        .push_bind(t.access_expires_at)
-        .push(" FROM claimed)");
-    if let Some((hash, expires_at)) = &t.refresh {
-        q.push(", ref AS (INSERT INTO oauth_refresh_tokens (token_hash, family_id, client_id, scopes, resource, created_at, expires_at) SELECT ");
-        q.push_bind(hash)
-            .push(", family_id, ")
-            .push_bind(&t.client_id)
-            .push(", ")
-            .push_bind(&t.scopes)
-            .push(", ")
-            .push_bind(&t.resource)
-            .push(", ")
-            .push_bind(now)
-            .push(", ")
-            .push_bind(*expires_at)
-            .push(" FROM claimed)");
-    }
-    // As in `write_grant`: the client row is written at most once a minute.
-    q.push(", cli AS (UPDATE oauth_clients SET last_used_at = ")
-        .push_bind(now)
-        .push(" WHERE id = ")
-        .push_bind(&t.client_id)
-        .push(" AND (last_used_at IS NULL OR last_used_at < ")
-        .push_bind(now - 60)
-        .push(") AND EXISTS (SELECT 1 FROM claimed))");
+    push_token_rows(
+        &mut q,
+        t,
+        now,
+        FamilyFrom::Cte {
+            cte: "claimed",
+            column: "family_id",
+        },
+    );
+    push_client_use(&mut q, t, now, Some("claimed"));
     q.push(" SELECT count(*) FROM claimed");
     let claimed: i64 = q.build_query_scalar().fetch_one(conn).await?;
     Ok(claimed == 1)
