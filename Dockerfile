@@ -22,7 +22,10 @@ RUN mkdir -p src tests/api benches \
     && cargo build --locked --release --bin gatehouse \
     && rm -rf src
 
-# Then our sources (templates, migrations and the stylesheet are compiled in).
+# Then our sources (templates, migrations and the stylesheet are compiled in), and the
+# build script with its function order for the linker (see build.rs).
+COPY build.rs ./
+COPY link ./link
 COPY src ./src
 COPY migrations ./migrations
 COPY templates ./templates

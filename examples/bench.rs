@@ -1080,5 +1080,32 @@ fn render(report: &Report, opts: &Opts, baseline_peak: f64) -> String {
         );
     }
     let _ = writeln!(s, "| bare axum baseline | | | | {baseline_peak:.1} |");
+    if let Some(line) = link_order_coverage() {
+        let _ = writeln!(s, "\n{line}");
+    }
     s
+}
+
+/// How much of `link/gatehouse.order` (build.rs, scripts/link-order) the measured binary
+/// still has: names carry a hash of their crate's version and features, so a dependency
+/// or toolchain change makes the file go stale, and idle RSS grows with it.
+fn link_order_coverage() -> Option<String> {
+    let order = std::fs::read_to_string("link/gatehouse.order").ok()?;
+    let out = Command::new("nm")
+        .arg("--defined-only")
+        .arg(bin_dir().ok()?.join("gatehouse"))
+        .output()
+        .ok()?;
+    let defined: std::collections::HashSet<&str> = std::str::from_utf8(&out.stdout)
+        .ok()?
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let wanted: Vec<&str> = order.lines().filter(|l| !l.is_empty()).collect();
+    let found = wanted.iter().filter(|n| defined.contains(*n)).count();
+    Some(format!(
+        "Link order: {found} of the {} functions in link/gatehouse.order are in the binary \
+         (rerun scripts/link-order when this falls).",
+        wanted.len()
+    ))
 }
