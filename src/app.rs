@@ -157,13 +157,15 @@ impl App {
             })
         });
         let grace = self.state.config.server.shutdown_timeout;
-        let router = routes::router(self.state);
+        let app = routes::router(self.state);
         // The drain is bounded: a client that never finishes its request must not keep
         // the process alive past the orchestrator's patience (it would SIGKILL us).
         let (stopping, mut stop_seen) = tokio::sync::watch::channel(false);
         let serve = axum::serve(
             self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app),
         )
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -165,6 +165,22 @@ pub fn follow_caller(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     }
 }
 
+/// Names the current request span after the route the router matched, and sets its
+/// `http.route` (spans exported only). The span is already started by then, so the name
+/// goes to the OpenTelemetry span itself: recording `otel.name` late is ignored.
+pub fn name_request_span(method: &axum::http::Method, route: &str) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !exporting() {
+        return;
+    }
+    let span = tracing::Span::current();
+    span.record("http.route", route);
+    span.context()
+        .span()
+        .update_name(format!("{method} {route}"));
+}
+
 /// Logs to the test harness's captured output when `TEST_LOG` is set.
 pub fn init_for_tests() {
     if std::env::var_os("TEST_LOG").is_some() {

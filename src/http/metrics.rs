@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -18,8 +19,9 @@ use crate::config::MetricsConfig;
 use crate::metrics::{CONTENT_TYPE, HttpMetrics, Metrics, method_index};
 
 /// Counts each request under its matched route template (never the raw path), method
-/// and status, and times it to the response head. Applied with `Router::layer`, so it
-/// runs inside the router, after the route is matched. No allocation per request.
+/// and status, and times it to the response head. The outermost layer, so it also counts
+/// what the layers inside answer themselves (413, 408, a caught panic). It learns the
+/// route from [`MatchedRouteLayer`] inside the router, through a slot in the request.
 #[derive(Clone)]
 pub struct RecordLayer {
     metrics: Arc<HttpMetrics>,
@@ -48,6 +50,10 @@ pub struct Record<S> {
     metrics: Arc<HttpMetrics>,
 }
 
+/// Where [`MatchedRouteLayer`] leaves the matched route's metrics slot (0: none matched).
+#[derive(Clone, Default)]
+struct RouteSlot(Arc<AtomicUsize>);
+
 impl<S, B, ResBody> tower::Service<Request<B>> for Record<S>
 where
     S: tower::Service<Request<B>, Response = axum::http::Response<ResBody>>,
@@ -60,12 +66,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let route = self.metrics.route_index(
-            req.extensions()
-                .get::<MatchedPath>()
-                .map(MatchedPath::as_str),
-        );
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let route = RouteSlot::default();
+        req.extensions_mut().insert(route.clone());
         let method = method_index(req.method());
         RecordFuture {
             inner: self.inner.call(req),
@@ -82,7 +85,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         metrics: Arc<HttpMetrics>,
-        route: usize,
+        route: RouteSlot,
         method: usize,
         started: Instant,
     }
@@ -99,13 +102,68 @@ where
         let result = ready!(this.inner.poll(cx));
         if let Ok(res) = &result {
             this.metrics.record(
-                *this.route,
+                this.route.0.load(Ordering::Relaxed),
                 *this.method,
                 res.status().as_u16(),
                 this.started.elapsed(),
             );
         }
         Poll::Ready(result)
+    }
+}
+
+/// Applied with `Router::layer`, so it runs after the router has matched a route: hands
+/// the route template to [`Record`] and names the request span after it when spans are
+/// exported. Does its work in `call` and returns the inner future as it is.
+#[derive(Clone)]
+pub struct MatchedRouteLayer {
+    metrics: Arc<HttpMetrics>,
+}
+
+impl MatchedRouteLayer {
+    pub fn new(metrics: Arc<HttpMetrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for MatchedRouteLayer {
+    type Service = MatchedRoute<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MatchedRoute {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MatchedRoute<S> {
+    inner: S,
+    metrics: Arc<HttpMetrics>,
+}
+
+impl<S, B> tower::Service<Request<B>> for MatchedRoute<S>
+where
+    S: tower::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Some(matched) = req.extensions().get::<MatchedPath>() {
+            if let Some(slot) = req.extensions().get::<RouteSlot>() {
+                let index = self.metrics.route_index(Some(matched.as_str()));
+                slot.0.store(index, Ordering::Relaxed);
+            }
+            crate::telemetry::name_request_span(req.method(), matched.as_str());
+        }
+        self.inner.call(req)
     }
 }
 

@@ -55,8 +55,9 @@ impl MakeRequestId for MakeRequestIds {
 }
 
 /// The span every request runs in; the request id ties log lines together. When spans
-/// are exported it is also an OpenTelemetry server span named by its route, continuing
-/// the caller's `traceparent`.
+/// are exported it is also an OpenTelemetry server span, continuing the caller's
+/// `traceparent`, and named by its route once the router has matched one
+/// ([`crate::telemetry::name_request_span`]).
 pub fn request_span(req: &Request<Body>) -> tracing::Span {
     let id = req
         .extensions()
@@ -71,19 +72,16 @@ pub fn request_span(req: &Request<Body>) -> tracing::Span {
             path = %req.uri().path(),
         );
     }
-    // The route, not the path: names stay few and never carry a value from the URL.
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |m| m.as_str());
+    // Named "unmatched", without `http.route`, until a route matches: the route, not
+    // the path, so names stay few and never carry a value from the URL.
     let span = tracing::info_span!(
         "request",
         request_id = %id,
         method = %req.method(),
         path = %req.uri().path(),
-        otel.name = %format_args!("{} {route}", req.method()),
+        otel.name = %format_args!("{} unmatched", req.method()),
         otel.kind = "server",
-        http.route = route,
+        http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
