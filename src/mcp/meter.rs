@@ -171,21 +171,23 @@ impl Meter {
         let Ok(mut p) = self.pending.lock() else {
             return;
         };
-        if !p.usage.contains_key(&key as &dyn AsUsageRef) {
-            let owned = UsageKey {
-                org_id: key.org_id.to_owned(),
-                user_id: key.user_id.to_owned(),
-                client_id: key.client_id.to_owned(),
-                tool: key.tool.to_owned(),
-                day,
-            };
-            p.usage.insert(owned, Counts::default());
-        }
-        if let Some(c) = p.usage.get_mut(&key as &dyn AsUsageRef) {
-            c.calls += 1;
-            c.errors += i64::from(is_error);
-            c.latency_us = c.latency_us.saturating_add(latency_us);
-        }
+        // Looked up once in the common case (a key already counted in this batch).
+        let counts = match p.usage.get_mut(&key as &dyn AsUsageRef) {
+            Some(c) => c,
+            None => {
+                let owned = UsageKey {
+                    org_id: key.org_id.to_owned(),
+                    user_id: key.user_id.to_owned(),
+                    client_id: key.client_id.to_owned(),
+                    tool: key.tool.to_owned(),
+                    day,
+                };
+                p.usage.entry(owned).or_default()
+            }
+        };
+        counts.calls += 1;
+        counts.errors += i64::from(is_error);
+        counts.latency_us = counts.latency_us.saturating_add(latency_us);
         let p = &mut *p;
         match caller.kind {
             CredentialKind::Pat => note_use(&mut p.pats, &mut p.noted, &caller.credential, now),

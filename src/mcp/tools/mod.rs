@@ -305,14 +305,23 @@ pub enum ToolResult {
     InvalidRequest(String),
 }
 
+/// `value` as compact JSON text, in a buffer sized for a small object (serde_json starts
+/// at 128 bytes and grows by doubling).
+fn text_of(value: &Value) -> String {
+    let mut buf = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut buf, value).is_err() {
+        return String::new();
+    }
+    // serde_json writes UTF-8 only.
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 impl ToolResult {
     /// Structured JSON, also serialized into a text block for older clients.
     pub fn json(value: Value) -> Self {
         Self::Complete {
             // Into a Vec: Value's Display goes through fmt::Write, which profiles slower.
-            content: vec![Content::text(
-                serde_json::to_string(&value).unwrap_or_default(),
-            )],
+            content: vec![Content::text(text_of(&value))],
             structured: Some(value),
             is_error: false,
         }
