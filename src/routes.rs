@@ -33,7 +33,7 @@ pub mod paths {
 /// The whole application as one service. The layers every request goes through wrap the
 /// router once, as one concrete stack: applied with `Router::layer`, each layer would
 /// wrap every route in a boxed service that is cloned on each request (measured: a
-/// fifth of a `tools/call`'s instructions). Only [`MatchedRouteLayer`], which needs the
+/// tenth of a `tools/call`'s instructions). Only [`MatchedRouteLayer`], which needs the
 /// matched route, sits inside the router.
 pub fn router(
     state: AppState,
