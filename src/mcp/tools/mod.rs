@@ -306,7 +306,8 @@ pub enum ToolResult {
 }
 
 /// `value` as compact JSON text, in a buffer sized for a small object (serde_json starts
-/// at 128 bytes and grows by doubling).
+/// at 128 bytes and grows by doubling). Into a Vec: Value's Display goes through
+/// fmt::Write, which profiles slower.
 fn text_of(value: &Value) -> String {
     let mut buf = Vec::with_capacity(512);
     if serde_json::to_writer(&mut buf, value).is_err() {
@@ -320,7 +321,6 @@ impl ToolResult {
     /// Structured JSON, also serialized into a text block for older clients.
     pub fn json(value: Value) -> Self {
         Self::Complete {
-            // Into a Vec: Value's Display goes through fmt::Write, which profiles slower.
             content: vec![Content::text(text_of(&value))],
             structured: Some(value),
             is_error: false,
