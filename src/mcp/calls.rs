@@ -13,13 +13,16 @@ use std::time::Instant;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use serde::{Serialize, Serializer, ser::SerializeMap};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use super::auth::{BearerError, Principal};
 use super::dispatch::{Reply, Request, decorate};
 use super::rpc::{self, Era, INSUFFICIENT_SCOPE, MISSING_CAPABILITY, RpcError};
-use super::tools::{Content, IDEMPOTENCY_KEY, Notifier, Tool, ToolContext, ToolResult, ToolSpec};
+use super::tools::{
+    Content, IDEMPOTENCY_KEY, Notifier, RawJson, Tool, ToolContext, ToolResult, ToolSpec,
+};
 use crate::domain::OrgStatus;
 use crate::metrics::{ToolOutcome, ToolStats};
 use crate::storage::{AuditEntry, IdempotencyBegin};
@@ -130,8 +133,10 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
         idempotency_key,
         refusal,
     };
-    // The call owns everything it needs, so it can outlive this function inside an SSE stream.
-    Reply::Response(respond(call.run(ctx), rx).await)
+    // The call owns everything it needs, so it can outlive this function inside an SSE
+    // stream. Boxed here, not inside `respond`: as an argument it would sit inline in
+    // every enclosing future and be copied at each level (about 2 KiB per request).
+    Reply::Response(respond(Box::pin(call.run(ctx)), rx).await)
 }
 
 /// What can be decided about a call without the database: role, read-only
@@ -183,7 +188,7 @@ const IDEMPOTENCY_TTL_SECS: i64 = 24 * 3600;
 
 impl Call {
     /// Runs the call and returns the JSON-RPC response message; meters it either way.
-    async fn run(self, ctx: ToolContext) -> Value {
+    async fn run(self, ctx: ToolContext) -> Outgoing {
         if !crate::telemetry::exporting() {
             return self.run_inner(ctx).await;
         }
@@ -196,7 +201,7 @@ impl Call {
         tracing::Instrument::instrument(self.run_inner(ctx), span).await
     }
 
-    async fn run_inner(self, ctx: ToolContext) -> Value {
+    async fn run_inner(self, ctx: ToolContext) -> Outgoing {
         let started = Instant::now();
         let state = ctx.state.clone();
         let caller = ctx.caller.clone();
@@ -223,7 +228,8 @@ impl Call {
             _ if refused => ToolOutcome::Refused,
             ToolResult::Complete {
                 is_error: false, ..
-            } => ToolOutcome::Ok,
+            }
+            | ToolResult::Structured(_) => ToolOutcome::Ok,
             ToolResult::Complete { .. } => ToolOutcome::Error,
             ToolResult::InputRequired { .. } => ToolOutcome::InputRequired,
             ToolResult::InvalidRequest(_) => ToolOutcome::InvalidRequest,
@@ -235,7 +241,8 @@ impl Call {
             let outcome = match &result {
                 ToolResult::Complete {
                     is_error: false, ..
-                } => "ok",
+                }
+                | ToolResult::Structured(_) => "ok",
                 ToolResult::Complete { .. } => "error",
                 ToolResult::InputRequired { .. } => "input_required",
                 ToolResult::InvalidRequest(_) => "invalid_request",
@@ -253,7 +260,14 @@ impl Call {
         }
         let result = match (result, self.era) {
             (ToolResult::InvalidRequest(message), _) => {
-                return RpcError::invalid_params(message).to_message(self.id);
+                return Outgoing::Tree(RpcError::invalid_params(message).to_message(self.id));
+            }
+            (ToolResult::Structured(json), era) => {
+                return Outgoing::Structured {
+                    id: self.id,
+                    json,
+                    era,
+                };
             }
             (ToolResult::InputRequired { .. }, Era::Legacy(_)) => ToolResult::coded_error(
                 "INPUT_REQUIRED",
@@ -263,7 +277,72 @@ impl Call {
         };
         let mut body = result.into_json_for(self.tool.spec());
         decorate(self.era, &mut body);
-        rpc::result_message(self.id, body)
+        Outgoing::Tree(rpc::result_message(self.id, body))
+    }
+}
+
+/// A response message on its way out.
+enum Outgoing {
+    Tree(Value),
+    /// A structured tool result, written around the JSON its tool serialized once.
+    Structured {
+        id: Value,
+        json: RawJson,
+        era: Era,
+    },
+}
+
+impl Outgoing {
+    /// For the rare paths that need a tree (SSE events).
+    fn into_value(self) -> Value {
+        match self {
+            Self::Tree(v) => v,
+            Self::Structured { id, json, era } => {
+                let mut body = ToolResult::Structured(json).into_json();
+                decorate(era, &mut body);
+                rpc::result_message(id, body)
+            }
+        }
+    }
+}
+
+impl Serialize for Outgoing {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (id, json, era) = match self {
+            Self::Tree(v) => return v.serialize(s),
+            Self::Structured { id, json, era } => (id, json, *era),
+        };
+        struct Text<'a>(&'a str);
+        impl Serialize for Text<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("type", "text")?;
+                m.serialize_entry("text", self.0)?;
+                m.end()
+            }
+        }
+        struct Body<'a>(&'a RawJson, Era);
+        impl Serialize for Body<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                // What `decorate` adds for this revision, if anything (2026-07-28 only).
+                let mut extra = Value::Object(Map::new());
+                decorate(self.1, &mut extra);
+                let extra = extra.as_object().map(|m| m.iter()).into_iter().flatten();
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("content", &[Text(self.0.get())])?;
+                m.serialize_entry("isError", &false)?;
+                m.serialize_entry("structuredContent", self.0)?;
+                for (k, v) in extra {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("jsonrpc", "2.0")?;
+        m.serialize_entry("id", id)?;
+        m.serialize_entry("result", &Body(json, era))?;
+        m.end()
     }
 }
 
@@ -340,7 +419,9 @@ async fn idempotent(
     // Only a successful result is remembered: a failed call may be retried for real.
     let stored = match &result {
         ToolResult::Complete { is_error: true, .. } => None,
-        ToolResult::Complete { .. } if tool.spec().has_secret_result() => {
+        ToolResult::Complete { .. } | ToolResult::Structured(_)
+            if tool.spec().has_secret_result() =>
+        {
             serde_json::to_string(&StoredResult {
                 content: vec![Content::text(format!(
                     "ALREADY_DONE: this request (idempotency_key {key:?}) already ran at {}; its result held a secret that is shown only once, so it is not shown again and nothing was created twice",
@@ -358,6 +439,12 @@ async fn idempotent(
         } => serde_json::to_string(&StoredResult {
             content: content.clone(),
             structured: structured.clone(),
+            is_error: false,
+        })
+        .ok(),
+        ToolResult::Structured(json) => serde_json::to_string(&StoredResult {
+            content: vec![Content::text(json.get())],
+            structured: Some(json.to_value()),
             is_error: false,
         })
         .ok(),
@@ -403,16 +490,12 @@ fn accepts_sse(headers: &axum::http::HeaderMap) -> bool {
     }
 }
 
-type Run = Pin<Box<dyn Future<Output = Value> + Send>>;
+type Run = Pin<Box<dyn Future<Output = Outgoing> + Send>>;
 
 /// Plain JSON unless the tool sends a notification before it finishes; then an SSE
 /// stream carrying the notifications and, last, the response. Dropping the stream
 /// (the client went away) drops the call: that is the cancellation.
-async fn respond(
-    run: impl Future<Output = Value> + Send + 'static,
-    rx: Option<mpsc::UnboundedReceiver<Value>>,
-) -> Response {
-    let mut run: Run = Box::pin(run);
+async fn respond(mut run: Run, rx: Option<mpsc::UnboundedReceiver<Value>>) -> Response {
     let Some(mut rx) = rx else {
         return rpc::json_response(StatusCode::OK, &run.await);
     };
@@ -427,7 +510,7 @@ async fn respond(
             while let Ok(n) = rx.try_recv() {
                 events.push(n);
             }
-            events.push(done);
+            events.push(done.into_value());
             return sse(futures_util::stream::iter(events));
         }
         Some(n) = rx.recv() => n,
@@ -446,8 +529,8 @@ async fn respond(
                     biased;
                     Some(n) = rx.recv() => Some((n, Phase::Running(run, rx))),
                     done = &mut run => match rx.try_recv() {
-                        Ok(n) => Some((n, Phase::Draining(done, rx))),
-                        Err(_) => Some((done, Phase::Done)),
+                        Ok(n) => Some((n, Phase::Draining(done.into_value(), rx))),
+                        Err(_) => Some((done.into_value(), Phase::Done)),
                     },
                 }
             }
@@ -473,4 +556,36 @@ fn sse(messages: impl futures_util::Stream<Item = Value> + Send + 'static) -> Re
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_structured_result_is_written_as_its_tree_would_be() {
+        for era in [Era::Legacy("2025-11-25"), Era::Modern("2026-07-28")] {
+            let ToolResult::Structured(json) = ToolResult::json(json!({ "a": "x\"y", "n": 1 }))
+            else {
+                panic!("ToolResult::json makes a structured result");
+            };
+            let out = Outgoing::Structured {
+                id: json!(7),
+                json,
+                era,
+            };
+            let written: Value =
+                serde_json::from_slice(&serde_json::to_vec(&out).unwrap()).unwrap();
+            assert_eq!(
+                written["result"]["content"][0]["text"],
+                r#"{"a":"x\"y","n":1}"#
+            );
+            assert_eq!(written["result"]["structuredContent"]["a"], "x\"y");
+            assert_eq!(
+                written["result"].get("resultType").is_some(),
+                era.is_modern()
+            );
+            assert_eq!(written, out.into_value());
+        }
+    }
 }

@@ -155,7 +155,7 @@ pub fn result_message(id: Value, result: Value) -> Value {
 }
 
 /// Serializes once into the body; no `Json` extractor round trip.
-pub fn json_response(status: StatusCode, body: &Value) -> Response {
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
     // Sized for a typical answer: growing from serde_json's 128 bytes took four
     // reallocations per tools/call.
     let mut bytes = Vec::with_capacity(1024);

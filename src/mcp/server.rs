@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::auth::{BearerError, Principal, authenticate};
 use super::dispatch::{self, Reply, Request};
 use super::rpc::{self, DEFAULT_VERSION, Era, INVALID_REQUEST, PARSE_ERROR, RpcError};
+use crate::http::TakeHeaders;
 use crate::limits::{Bucket, ClientAddr};
 use crate::metrics::AuthRejection;
 use crate::state::AppState;
@@ -34,7 +35,7 @@ pub async fn get_or_delete_mcp() -> Response {
 pub async fn post_mcp(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
-    headers: HeaderMap,
+    TakeHeaders(headers): TakeHeaders,
     body: Bytes,
 ) -> Response {
     if let Err(why) = state.mcp_guard.check(&headers) {

@@ -303,27 +303,52 @@ pub enum ToolResult {
     /// The request itself is unusable (for example a tampered `requestState`): answered
     /// as a JSON-RPC invalid-params error rather than a result.
     InvalidRequest(String),
+    /// A successful structured result, serialized once: the same JSON is the text block
+    /// for older clients and `structuredContent`, and the response is written around it
+    /// instead of rebuilding it as a tree (a fifth of a `whoami` call's instructions).
+    Structured(RawJson),
 }
 
-/// `value` as compact JSON text, in a buffer sized for a small object (serde_json starts
-/// at 128 bytes and grows by doubling). Into a Vec: Value's Display goes through
-/// fmt::Write, which profiles slower.
-fn text_of(value: &Value) -> String {
-    let mut buf = Vec::with_capacity(512);
-    if serde_json::to_writer(&mut buf, value).is_err() {
-        return String::new();
+/// Serialized JSON that is known to be valid, compared by its text.
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    pub fn get(&self) -> &str {
+        self.0.get()
     }
-    // serde_json writes UTF-8 only.
-    String::from_utf8(buf).unwrap_or_default()
+
+    /// The JSON as a tree again, for the rare paths that need one (batches, SSE, stored
+    /// idempotent results).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl serde::Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 impl ToolResult {
     /// Structured JSON, also serialized into a text block for older clients.
     pub fn json(value: Value) -> Self {
-        Self::Complete {
-            content: vec![Content::text(text_of(&value))],
-            structured: Some(value),
-            is_error: false,
+        Self::structured(&value)
+    }
+
+    /// A structured result straight from a serializable type, without a `Value` tree in
+    /// between. Only a type that fails to serialize (none of ours) gives an error result.
+    pub fn structured(value: &impl serde::Serialize) -> Self {
+        match serde_json::value::to_raw_value(value) {
+            Ok(raw) => Self::Structured(RawJson(raw)),
+            Err(_) => Self::error("the result could not be serialized"),
         }
     }
 
@@ -412,6 +437,12 @@ impl ToolResult {
             Self::InvalidRequest(message) => {
                 out.insert("content".into(), Value::Array(vec![Content::text(message)]));
                 out.insert("isError".into(), Value::Bool(true));
+            }
+            Self::Structured(json) => {
+                let text = Content::text(json.get());
+                out.insert("content".into(), Value::Array(vec![text]));
+                out.insert("isError".into(), Value::Bool(false));
+                out.insert("structuredContent".into(), json.to_value());
             }
         }
         Value::Object(out)

@@ -170,15 +170,48 @@ fn whoami() -> Built {
                 return ToolResult::error("you are no longer a member of this organization");
             };
             let who = &standing.identity;
-            ToolResult::json(json!({
-                "user": { "id": caller.user_id, "email": who.email, "display_name": who.display_name },
-                "organization": { "id": caller.org_id, "slug": who.org_slug, "status": standing.status.as_str() },
-                "role": role.as_str(),
-                "scopes": caller.scopes.to_string(),
-                "client_id": caller.client_id,
-            }))
+            ToolResult::structured(&Whoami {
+                user: WhoamiUser {
+                    id: &caller.user_id,
+                    email: &who.email,
+                    display_name: &who.display_name,
+                },
+                organization: WhoamiOrg {
+                    id: &caller.org_id,
+                    slug: &who.org_slug,
+                    status: standing.status.as_str(),
+                },
+                role: role.as_str(),
+                scopes: caller.scopes.to_string(),
+                client_id: caller.client_id.as_deref(),
+            })
         })
     }))
+}
+
+/// `whoami`'s result, serialized straight from the cached caller: the most frequent
+/// call builds no JSON tree.
+#[derive(serde::Serialize)]
+struct Whoami<'a> {
+    user: WhoamiUser<'a>,
+    organization: WhoamiOrg<'a>,
+    role: &'a str,
+    scopes: String,
+    client_id: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct WhoamiUser<'a> {
+    id: &'a str,
+    email: &'a str,
+    display_name: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct WhoamiOrg<'a> {
+    id: &'a str,
+    slug: &'a str,
+    status: &'a str,
 }
 
 #[cfg(test)]
