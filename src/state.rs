@@ -1,6 +1,5 @@
 //! What every handler can reach. No globals: tests build as many of these as they like.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,8 @@ use crate::mcp::guard::OriginGuard;
 use crate::mcp::meter::Meter;
 use crate::mcp::tools::Registry;
 use crate::metrics::Metrics;
-use crate::storage::{ClientRow, StorageError, Store};
+use crate::oauth::clients::ClientCache;
+use crate::storage::{StorageError, Store};
 
 /// What every handler gets. Axum clones it for each request (and each middleware that
 /// extracts it), so it is one shared pointer.
@@ -50,8 +50,10 @@ pub struct Shared {
     pub mac: MacKey,
     /// `<public_url>/mcp`, the audience of every access token.
     pub resource: ResourceUri,
-    /// Client ID Metadata Documents fetched recently, by URL, with the fetch time.
-    pub cimd_cache: Arc<Mutex<HashMap<String, (i64, ClientRow)>>>,
+    /// Client ID Metadata Documents fetched recently, by URL.
+    pub cimd_cache: Arc<ClientCache>,
+    /// Stored clients read recently by the token endpoint's client authentication.
+    pub client_cache: Arc<ClientCache>,
     /// Bearer tokens already verified by `/mcp`.
     pub token_cache: Arc<TokenCache>,
     /// The tools, prompts and resources `/mcp` serves.
@@ -200,7 +202,8 @@ impl AppState {
             }),
             mac: MacKey::from_bytes(secret.as_bytes()),
             resource,
-            cimd_cache: Arc::new(Mutex::new(HashMap::new())),
+            cimd_cache: Arc::new(crate::oauth::cimd::cache()),
+            client_cache: Arc::new(crate::oauth::clients::auth_cache()),
             token_cache: Arc::new(TokenCache::default()),
             tools: Arc::new(Registry::builtin()),
             mcp_guard,

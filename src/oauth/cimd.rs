@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::clients::ClientCache;
 use crate::domain::RedirectUri;
 use crate::state::AppState;
 use crate::storage::ClientRow;
@@ -15,6 +16,11 @@ const MAX_BYTES: usize = 5 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(5);
 const CACHE_SECS: i64 = 600;
 const CACHE_ENTRIES: usize = 1000;
+
+/// Documents fetched recently, by URL.
+pub fn cache() -> ClientCache {
+    ClientCache::new(CACHE_SECS, CACHE_ENTRIES)
+}
 
 #[derive(Debug, Deserialize)]
 struct Document {
@@ -181,28 +187,14 @@ fn validate(id: &str, body: &[u8]) -> Result<ClientRow, String> {
 /// The client a metadata-document URL describes, from the cache or a fresh fetch.
 pub async fn resolve(state: &AppState, id: &str) -> Result<ClientRow, String> {
     let now = state.clock.now();
-    if let Ok(cache) = state.cimd_cache.lock()
-        && let Some((at, row)) = cache.get(id)
-        && now - at < CACHE_SECS
-    {
-        return Ok(row.clone());
+    if let Some(row) = state.cimd_cache.get(id, now) {
+        return Ok(row);
     }
     let allow_private = state.config.oauth.cimd_allow_private_addresses;
     let url = check_url(id, allow_private)?;
     let body = fetch(&url, allow_private).await?;
     let row = validate(id, &body)?;
-    if let Ok(mut cache) = state.cimd_cache.lock() {
-        if cache.len() >= CACHE_ENTRIES {
-            let oldest = cache
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                cache.remove(&k);
-            }
-        }
-        cache.insert(id.to_owned(), (now, row.clone()));
-    }
+    state.cimd_cache.put(&row, now);
     Ok(row)
 }
 

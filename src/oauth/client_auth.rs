@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use subtle::ConstantTimeEq;
 
-use super::clients::find_client;
+use super::clients::{find_client, find_client_for_grant};
 use super::error::OAuthError;
 
 use crate::crypto::HashedToken;
@@ -112,12 +112,42 @@ pub(crate) fn client_credentials(
 /// Authenticates the client of a token or revocation request. Wrong secrets (and
 /// unknown client ids) count against the client's and the address's limits; once one
 /// is reached, every attempt is refused with 429, even one with the right secret.
+/// After a grant was refused to a client authenticated through [`Lookup::ForGrant`]:
+/// the error to give instead if the client has been deleted meanwhile. Deletion revokes
+/// the client's grants, so the grant fails; the client must hear `invalid_client` (and
+/// register again), as it would have without the cache.
+pub async fn deleted_meanwhile(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: &ClientRow,
+) -> Option<OAuthError> {
+    if !matches!(find_client(state, &client.id).await, Ok(None)) {
+        return None;
+    }
+    state.client_cache.forget(&client.id);
+    let used_basic = matches!(basic_credentials(headers), Ok(Some(_)));
+    Some(OAuthError::invalid_client(
+        "unknown client; register again",
+        used_basic,
+    ))
+}
+
+/// Where [`authenticate`] reads the client from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The database, every time (introspection and revocation).
+    Fresh,
+    /// The token endpoint: a short-lived cache (see [`find_client_for_grant`]).
+    ForGrant,
+}
+
 pub async fn authenticate(
     state: &AppState,
     addr: IpAddr,
     headers: &HeaderMap,
     form_id: Option<&str>,
     form_secret: Option<&str>,
+    lookup: Lookup,
 ) -> Result<ClientRow, OAuthError> {
     let ClientCredentials {
         id,
@@ -153,7 +183,11 @@ pub async fn authenticate(
         )
         .await
     };
-    let Some(client) = find_client(state, &id).await? else {
+    let found = match lookup {
+        Lookup::Fresh => find_client(state, &id).await?,
+        Lookup::ForGrant => find_client_for_grant(state, &id).await?,
+    };
+    let Some(client) = found else {
         failed(false).await?;
         return Err(OAuthError::invalid_client(
             "unknown client; register again",

@@ -1,8 +1,66 @@
 //! Finding a client: stored ones, plus Claude's two Client ID Metadata Documents built
 //! in, so that a blocked fetch of claude.ai never blocks Claude.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use crate::state::AppState;
 use crate::storage::{ClientRow, StorageError};
+
+/// Client rows by id, each kept for a while after it was read, at most `max` of them.
+pub struct ClientCache {
+    entries: Mutex<HashMap<String, (i64, ClientRow)>>,
+    ttl_secs: i64,
+    max: usize,
+}
+
+impl ClientCache {
+    pub fn new(ttl_secs: i64, max: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            ttl_secs,
+            max,
+        }
+    }
+
+    pub fn get(&self, id: &str, now: i64) -> Option<ClientRow> {
+        let entries = self.entries.lock().ok()?;
+        let (at, row) = entries.get(id)?;
+        (now - at < self.ttl_secs).then(|| row.clone())
+    }
+
+    /// Full, the oldest entry makes room: a scan, but only after a miss, which cost a
+    /// fetch or a query anyway.
+    pub fn put(&self, row: &ClientRow, now: i64) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= self.max && !entries.contains_key(&row.id) {
+            let oldest = entries
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                entries.remove(&k);
+            }
+        }
+        entries.insert(row.id.clone(), (now, row.clone()));
+    }
+
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(id);
+        }
+    }
+}
+
+/// How long client authentication trusts a registered client's row it has read.
+const AUTH_CACHE_SECS: i64 = 60;
+const AUTH_CACHE_ENTRIES: usize = 4096;
+
+pub fn auth_cache() -> ClientCache {
+    ClientCache::new(AUTH_CACHE_SECS, AUTH_CACHE_ENTRIES)
+}
 
 pub const CLAUDE_AI: &str = "https://claude.ai/oauth/mcp-oauth-client-metadata";
 pub const CLAUDE_CODE: &str = "https://claude.ai/oauth/claude-code-client-metadata";
@@ -35,6 +93,31 @@ fn builtin(id: &str) -> Option<ClientRow> {
         created_at: 0,
         last_used_at: None,
     })
+}
+
+/// [`find_client`] for the token endpoint's client authentication, which runs on every
+/// grant: a registered client's row comes from a cache for up to a minute, saving one
+/// of the grant's three database round trips. Sound because a stored client's row never
+/// changes; it can only be deleted, and deleting it revokes every grant and code it
+/// holds in the same transaction, so a row still cached can obtain nothing.
+pub async fn find_client_for_grant(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<ClientRow>, StorageError> {
+    let stored = builtin(id).is_none() && !id.starts_with("https://") && !id.starts_with("http://");
+    if !stored {
+        return find_client(state, id).await;
+    }
+    let now = state.clock.now();
+    if let Some(row) = state.client_cache.get(id, now) {
+        return Ok(Some(row));
+    }
+    let row = find_client(state, id).await?;
+    // Unknown ids are not remembered: a client registered a moment later must work.
+    if let Some(row) = &row {
+        state.client_cache.put(row, now);
+    }
+    Ok(row)
 }
 
 pub async fn find_client(state: &AppState, id: &str) -> Result<Option<ClientRow>, StorageError> {

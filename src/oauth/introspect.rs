@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::client_auth::authenticate;
+use super::client_auth::{Lookup, authenticate};
 use super::error::{ErrorCode, OAuthError};
 use super::form::FormParams;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
@@ -26,6 +26,7 @@ pub async fn post_introspect(
         &headers,
         get("client_id"),
         get("client_secret"),
+        Lookup::Fresh,
     )
     .await?;
     // A public client proves nothing by naming itself: no authentication, no answer

@@ -1,7 +1,7 @@
 //! The OAuth 2.1 authorization server. Imports domain, crypto, storage and http; never mcp.
 
 pub(crate) mod authorize;
-mod cimd;
+pub(crate) mod cimd;
 pub(crate) mod client_auth;
 pub mod clients;
 mod error;

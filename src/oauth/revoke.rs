@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::client_auth::authenticate;
+use super::client_auth::{Lookup, authenticate};
 use super::error::OAuthError;
 use super::form::FormParams;
 use crate::crypto::{HashedToken, PlainToken, TokenKind};
@@ -27,6 +27,7 @@ pub async fn post_revoke(
         &headers,
         get("client_id"),
         get("client_secret"),
+        Lookup::Fresh,
     )
     .await?;
     let now = state.clock.now();

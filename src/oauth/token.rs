@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::client_auth::authenticate;
+use super::client_auth::{Lookup, authenticate, deleted_meanwhile};
 use super::error::{ErrorCode, OAuthError};
 use super::form::{FormParams, Params};
 use crate::crypto::jwt::{self, AccessClaims};
@@ -135,6 +135,7 @@ async fn token(
         headers,
         params.get("client_id"),
         params.get("client_secret"),
+        Lookup::ForGrant,
     )
     .await?;
     if let Some(r) = params.get("resource") {
@@ -143,7 +144,7 @@ async fn token(
             .resolve(r, &state.config.server.public_url)
             .map_err(|e| OAuthError::new(ErrorCode::InvalidTarget, e.to_string()))?;
     }
-    match request {
+    let result = match request {
         TokenRequest::AuthorizationCode {
             code,
             redirect_uri,
@@ -156,6 +157,14 @@ async fn token(
             refresh_token,
             scope,
         } => refresh(state, &client, &refresh_token, scope.as_deref()).await,
+    };
+    match result {
+        Err(e) if e.code == ErrorCode::InvalidGrant => {
+            Err(deleted_meanwhile(state, headers, &client)
+                .await
+                .unwrap_or(e))
+        }
+        other => other,
     }
 }
 

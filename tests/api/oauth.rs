@@ -1030,6 +1030,8 @@ async fn preregistered_client_from_the_cli_works_and_deleting_it_revokes_its_tok
         .ok();
     assert!(listed.stdout.contains(&id) && !listed.stdout.contains(&secret));
 
+    // The code exchange above left the client in the token endpoint's client cache;
+    // the deletion must be seen anyway.
     crate::helpers::cli(&app.db, &["client", "delete", &id], None)
         .await
         .ok();
