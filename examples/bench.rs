@@ -6,7 +6,8 @@
 //! Run it through `scripts/bench`, which builds everything and installs wrk.
 //!
 //! ```text
-//! bench [--duration SECS] [--connections N] [--postgres URL] [--skip-postgres] [--markdown FILE]
+//! bench [--duration SECS] [--connections N] [--postgres URL] [--skip-postgres] [--skip-sqlite]
+//!       [--markdown FILE]
 //! ```
 
 use std::collections::BTreeMap;
@@ -106,6 +107,7 @@ struct Opts {
     duration: u64,
     connections: usize,
     postgres: Option<String>,
+    sqlite: bool,
     markdown: Option<PathBuf>,
 }
 
@@ -114,6 +116,7 @@ fn parse_args() -> Result<Opts> {
         duration: 10,
         connections: 32,
         postgres: Some("postgres://postgres@127.0.0.1:5432/postgres".into()),
+        sqlite: true,
         markdown: None,
     };
     let mut args = std::env::args().skip(1);
@@ -124,6 +127,7 @@ fn parse_args() -> Result<Opts> {
             "--connections" => opts.connections = value()?.parse().context("--connections")?,
             "--postgres" => opts.postgres = Some(value()?),
             "--skip-postgres" => opts.postgres = None,
+            "--skip-sqlite" => opts.sqlite = false,
             "--markdown" => opts.markdown = Some(value()?.into()),
             other => bail!("unknown argument {other:?}"),
         }
@@ -793,10 +797,11 @@ fn main() -> Result<()> {
         })
     };
 
-    let mut backends: Vec<(&str, String)> = vec![(
-        "SQLite",
-        format!("sqlite://{}", dir.join("bench.db").display()),
-    )];
+    let mut backends: Vec<(&str, String)> = Vec::new();
+    if opts.sqlite {
+        let url = format!("sqlite://{}", dir.join("bench.db").display());
+        backends.push(("SQLite", url));
+    }
     let mut pg_admin = None;
     if let Some(url) = &opts.postgres {
         let admin = rt
