@@ -184,7 +184,10 @@ pub async fn collect_unused(state: &AppState) -> Result<usize, StorageError> {
                 .target(format!("client:{id}"))
                 .detail(serde_json::json!({ "reason": reason }));
             match state.store.delete_client(&id, now, audit).await {
-                Ok(()) => removed += 1,
+                Ok(()) => {
+                    state.client_cache.forget(&id);
+                    removed += 1;
+                }
                 Err(StorageError::NotFound) => {} // another instance got there first
                 Err(e) => return Err(e),
             }
@@ -192,5 +195,35 @@ pub async fn collect_unused(state: &AppState) -> Result<usize, StorageError> {
         if !full {
             return Ok(removed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str) -> ClientRow {
+        let mut row = builtin(CLAUDE_AI).expect("a built-in client");
+        row.id = id.to_owned();
+        row
+    }
+
+    #[test]
+    fn the_cache_forgets_after_its_ttl_and_evicts_the_oldest_when_full() {
+        let cache = ClientCache::new(60, 2);
+        cache.put(&row("a"), 100);
+        cache.put(&row("b"), 110);
+        assert_eq!(cache.get("a", 159).map(|r| r.id), Some("a".into()));
+        assert!(cache.get("a", 160).is_none(), "expired after 60 s");
+        cache.put(&row("c"), 120);
+        assert!(cache.get("a", 121).is_none(), "the oldest made room");
+        assert!(cache.get("b", 121).is_some() && cache.get("c", 121).is_some());
+        cache.put(&row("b"), 130);
+        assert!(
+            cache.get("c", 131).is_some(),
+            "refreshing a present entry evicts nothing"
+        );
+        cache.forget("b");
+        assert!(cache.get("b", 131).is_none());
     }
 }
