@@ -22,8 +22,9 @@ pub fn json_error(status: StatusCode, error: &str, description: &str) -> Respons
 
 /// The request's headers, moved out rather than cloned as axum's `HeaderMap` extractor
 /// does (two allocations and about 900 instructions per request on `/mcp`). Only for
-/// handlers whose remaining extractor reads the body alone (`Bytes`, a form): it must
-/// come after every other parts extractor, which would see no headers.
+/// handlers whose remaining extractor reads the body alone, such as `Bytes` (not a form,
+/// whose extractor checks Content-Type): it must come after every other extractor that
+/// reads headers, which would see none.
 pub struct TakeHeaders(pub axum::http::HeaderMap);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TakeHeaders {

@@ -109,9 +109,6 @@ pub(crate) fn client_credentials(
     })
 }
 
-/// Authenticates the client of a token or revocation request. Wrong secrets (and
-/// unknown client ids) count against the client's and the address's limits; once one
-/// is reached, every attempt is refused with 429, even one with the right secret.
 /// After a grant was refused to a client authenticated through [`Lookup::ForGrant`]:
 /// the error to give instead if the client has been deleted meanwhile. Deletion revokes
 /// the client's grants, so the grant fails; the client must hear `invalid_client` (and
@@ -121,7 +118,8 @@ pub async fn deleted_meanwhile(
     headers: &HeaderMap,
     client: &ClientRow,
 ) -> Option<OAuthError> {
-    if !matches!(find_client(state, &client.id).await, Ok(None)) {
+    // Client ID Metadata Documents are not stored, so not cached here either.
+    if client.origin == "cimd" || !matches!(find_client(state, &client.id).await, Ok(None)) {
         return None;
     }
     state.client_cache.forget(&client.id);
@@ -141,6 +139,9 @@ pub enum Lookup {
     ForGrant,
 }
 
+/// Authenticates the client of a token or revocation request. Wrong secrets (and
+/// unknown client ids) count against the client's and the address's limits; once one
+/// is reached, every attempt is refused with 429, even one with the right secret.
 pub async fn authenticate(
     state: &AppState,
     addr: IpAddr,
