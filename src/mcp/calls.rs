@@ -116,7 +116,7 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
             .meta()
             .is_some_and(|m| m.contains_key(rpc::META_LOG_LEVEL)),
     };
-    let (tx, rx) = if req.may_stream && accepts_sse(req.headers) {
+    let (tx, rx) = if req.may_stream && spec.may_notify() && accepts_sse(req.headers) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Some(tx), Some(rx))
     } else {

@@ -4,17 +4,17 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Built, Outcome, object, parse_args, require_account, respond, storage_failure, time,
-    time_schema,
+    Built, Outcome, builtin_spec, object, parse_args, require_account, respond, storage_failure,
+    time, time_schema,
 };
 use crate::domain::Role;
-use crate::mcp::tools::{Annotations, ToolContext, ToolResult, ToolSpec, tool_fn};
+use crate::mcp::tools::{Annotations, ToolContext, ToolResult, tool_fn};
 use crate::storage::{AuditFilter, AuditRow, MemberRow};
 
 const DEFAULT_AUDIT_LIMIT: i64 = 50;
 
 pub(super) fn list_members() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "list_members",
         "Lists the members of your organization, by email: user id, email, display name, role (owner, admin or member) \
          and when they joined. Needs the admin or owner role.",
@@ -76,7 +76,7 @@ async fn run_list_members(ctx: ToolContext) -> Outcome {
 }
 
 pub(super) fn list_audit_events() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "list_audit_events",
         "Lists your organization's audit log, newest first: who did what to what, and when. Actions are dotted verbs \
          such as pat.create, pat.revoke or connection.revoke; action_prefix narrows the list (\"pat.\" for all token \

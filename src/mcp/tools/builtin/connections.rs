@@ -4,14 +4,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Built, Outcome, actor, object, parse_args, require_account, respond, storage_failure, time,
-    time_schema,
+    Built, Outcome, actor, builtin_spec, object, parse_args, require_account, respond,
+    storage_failure, time, time_schema,
 };
-use crate::mcp::tools::{Annotations, ToolContext, ToolResult, ToolSpec, tool_fn};
+use crate::mcp::tools::{Annotations, ToolContext, ToolResult, tool_fn};
 use crate::storage::{AuditEntry, ConnectionRow, StorageError};
 
 pub(super) fn list_connections() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "list_connections",
         "Lists the apps (OAuth clients) you have authorised to act for you in this organization, most recently used first: \
          each one's client_id, name, whether that name is verified, how the app was registered, the scopes it holds, \
@@ -79,7 +79,7 @@ async fn run_list_connections(ctx: ToolContext) -> Outcome {
 }
 
 pub(super) fn revoke_connection() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "revoke_connection",
         "Disconnects an app (OAuth client) from your account in this organization: its access and refresh tokens \
          stop working within about a second and the consent you gave is forgotten, so it must ask again. Get the \

@@ -55,6 +55,11 @@ type Built = Result<
     super::RegistryError,
 >;
 
+/// A built-in tool's spec: none of them sends notifications.
+fn builtin_spec(name: &str, description: &str) -> Result<ToolSpec, super::RegistryError> {
+    Ok(ToolSpec::new(name, description)?.silent())
+}
+
 /// A tool body's answer: the structured result, or an error result.
 type Outcome = Result<Value, ToolResult>;
 
@@ -127,7 +132,7 @@ fn opt_time_schema(description: &str) -> Value {
 }
 
 fn whoami() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "whoami",
         "Shows the signed-in user, their organization and role, and the scopes this connection holds.",
     )?
@@ -241,6 +246,7 @@ mod tests {
             assert!(def["title"].is_string(), "{def}");
             assert!(def["outputSchema"].is_object(), "{def}");
             assert_eq!(def["inputSchema"]["additionalProperties"], false, "{def}");
+            assert!(!tool.tool.spec().may_notify(), "built-in tools are silent: {def}");
         }
     }
 }

@@ -4,12 +4,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Built, Outcome, actor, object, opt_time, opt_time_schema, parse_args, require_account, respond,
-    storage_failure, time, time_schema,
+    Built, Outcome, actor, builtin_spec, object, opt_time, opt_time_schema, parse_args,
+    require_account, respond, storage_failure, time, time_schema,
 };
 use crate::crypto::{PlainToken, TokenKind};
 use crate::domain::{DisplayName, ScopeSet};
-use crate::mcp::tools::{Annotations, ToolContext, ToolResult, ToolSpec, tool_fn};
+use crate::mcp::tools::{Annotations, ToolContext, ToolResult, tool_fn};
 use crate::storage::credentials::NewPat;
 use crate::storage::{AuditEntry, PatRow, StorageError};
 
@@ -67,7 +67,7 @@ fn token_json(pat: &PatRow, now: i64) -> Value {
 }
 
 pub(super) fn list_access_tokens() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "list_access_tokens",
         "Lists your personal access tokens in this organization, newest first, including expired and revoked ones: \
          id, name, scopes, status (active, expired or revoked) and when each was created, expires and was last used. \
@@ -106,7 +106,7 @@ async fn run_list_access_tokens(ctx: ToolContext) -> Outcome {
 }
 
 pub(super) fn create_access_token() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "create_access_token",
         "Creates a personal access token for you in this organization, for an agent or script that sends \
          `Authorization: Bearer <token>`. It can carry only scopes this connection holds; by default it gets all of them. \
@@ -245,7 +245,7 @@ async fn run_create_access_token(ctx: ToolContext, args: Map<String, Value>) -> 
 }
 
 pub(super) fn revoke_access_token() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "revoke_access_token",
         "Revokes one of your personal access tokens in this organization, by the id list_access_tokens shows. \
          It stops working within about a second; this cannot be undone.",

@@ -3,16 +3,18 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Built, Outcome, object, parse_args, require_account, respond, storage_failure};
+use super::{
+    Built, Outcome, builtin_spec, object, parse_args, require_account, respond, storage_failure,
+};
 use crate::clock::rfc3339_date;
 use crate::domain::Role;
-use crate::mcp::tools::{Annotations, ToolContext, ToolResult, ToolSpec, tool_fn};
+use crate::mcp::tools::{Annotations, ToolContext, ToolResult, tool_fn};
 use crate::storage::UsageRow;
 
 const DEFAULT_DAYS: i64 = 7;
 
 pub(super) fn usage_stats() -> Built {
-    let spec = ToolSpec::new(
+    let spec = builtin_spec(
         "usage_stats",
         "Shows how many MCP tool calls were made per day and tool over the last `days` UTC days (today included), \
          with errors, error rate and mean latency, plus totals. By default only your own calls in this organization; \
