@@ -8,6 +8,11 @@ use super::{
 };
 use crate::crypto::keys::StoredKey;
 
+/// Grants move a family's and a client's last use only once this much time has passed:
+/// to the minute is all anyone reads, and a write per refresh cost a row update (and its
+/// WAL) on every grant.
+const LAST_USE_STEP_SECS: i64 = 60;
+
 const CLIENT_COLUMNS: &str = "id, origin, name, redirect_uris, auth_method, secret_hash, can_introspect, dedupe_key, metadata, created_at, last_used_at";
 const REFRESH_SELECT: &str = "SELECT r.token_hash, r.family_id, r.client_id, r.scopes, r.resource, r.created_at, r.expires_at, r.rotated_at, r.successor, \
      f.user_id, f.org_id, f.revoked_at AS family_revoked_at \
@@ -111,6 +116,8 @@ impl WriteGrant for sqlx::PgConnection {
                     .push_bind(w.now)
                     .push(" WHERE id = ")
                     .push_bind(&t.family_id)
+                    .push(" AND last_used_at < ")
+                    .push_bind(w.now - LAST_USE_STEP_SECS)
                     .push(")");
             }
         }
@@ -196,7 +203,7 @@ fn push_client_use<'a>(q: &mut PgQuery<'a>, t: &'a IssuedTokens, now: i64, guard
         .push(" WHERE id = ")
         .push_bind(&t.client_id)
         .push(" AND (last_used_at IS NULL OR last_used_at < ")
-        .push_bind(now - 60)
+        .push_bind(now - LAST_USE_STEP_SECS)
         .push(")");
     if let Some(guard) = guard {
         q.push(" AND EXISTS (SELECT 1 FROM ").push(guard).push(")");
@@ -287,7 +294,9 @@ async fn claim_and_write_pg(
         );
     q.push(", fam AS (UPDATE oauth_families SET last_used_at = ")
         .push_bind(now)
-        .push(" WHERE id IN (SELECT family_id FROM claimed))");
+        .push(" WHERE id IN (SELECT family_id FROM claimed) AND last_used_at < ")
+        .push_bind(now - LAST_USE_STEP_SECS)
+        .push(")");
     push_token_rows(
         &mut q,
         t,
@@ -324,11 +333,14 @@ impl WriteGrant for sqlx::SqliteConnection {
                 .await?;
             }
             Family::Existing => {
-                sqlx::query("UPDATE oauth_families SET last_used_at = $1 WHERE id = $2")
-                    .bind(w.now)
-                    .bind(&t.family_id)
-                    .execute(&mut *self)
-                    .await?;
+                sqlx::query(
+                    "UPDATE oauth_families SET last_used_at = $1 WHERE id = $2 AND last_used_at < $3",
+                )
+                .bind(w.now)
+                .bind(&t.family_id)
+                .bind(w.now - LAST_USE_STEP_SECS)
+                .execute(&mut *self)
+                .await?;
             }
         }
         sqlx::query(
@@ -366,10 +378,11 @@ impl WriteGrant for sqlx::SqliteConnection {
         // lock, so it is written at most once a minute.
         sqlx::query(
             "UPDATE oauth_clients SET last_used_at = $1 WHERE id = $2 \
-             AND (last_used_at IS NULL OR last_used_at < $1 - 60)",
+             AND (last_used_at IS NULL OR last_used_at < $3)",
         )
         .bind(w.now)
         .bind(&t.client_id)
+        .bind(w.now - LAST_USE_STEP_SECS)
         .execute(&mut *self)
         .await?;
         Ok(())

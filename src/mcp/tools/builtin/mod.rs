@@ -246,7 +246,10 @@ mod tests {
             assert!(def["title"].is_string(), "{def}");
             assert!(def["outputSchema"].is_object(), "{def}");
             assert_eq!(def["inputSchema"]["additionalProperties"], false, "{def}");
-            assert!(!tool.tool.spec().may_notify(), "built-in tools are silent: {def}");
+            assert!(
+                !tool.tool.spec().may_notify(),
+                "built-in tools are silent: {def}"
+            );
         }
     }
 }
