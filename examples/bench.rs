@@ -899,6 +899,24 @@ fn main() -> Result<()> {
         rt.block_on(check_call(&http, &base, &seed.access_token, CALL))?;
         rt.block_on(check_call(&http, &base, &seed.pat, CALL))?;
 
+        // `tools/call whoami` with one token, the same request for every hot-path row.
+        let measure_whoami = |name: String, connections: usize, token: &str| {
+            run_wrk(Load {
+                server: &server,
+                name,
+                connections,
+                duration: d,
+                script: &fixed,
+                path: "/mcp",
+                env: vec![
+                    ("BENCH_BODY", CALL.into()),
+                    ("BENCH_TOKEN", token.to_owned()),
+                ],
+                pool: None,
+                postgres: is_pg,
+            })
+        };
+
         // The target rows: each alternates with the baseline in HOT_PAIRS pairs, and
         // the pair with the median req/s ratio is reported, its baseline next to it.
         // On this shared machine the same binary can differ by a sixth between two
@@ -911,17 +929,8 @@ fn main() -> Result<()> {
             let mut pairs = Vec::new();
             for _ in 0..HOT_PAIRS {
                 let b = measure_baseline(&format!("next to {backend}, {label}"), c)?;
-                let run = run_wrk(Load {
-                    server: &server,
-                    name: format!("{backend}: tools/call whoami, {label}"),
-                    connections: c,
-                    duration: d,
-                    script: &fixed,
-                    path: "/mcp",
-                    env: vec![("BENCH_BODY", CALL.into()), ("BENCH_TOKEN", token.clone())],
-                    pool: None,
-                    postgres: is_pg,
-                })?;
+                let run =
+                    measure_whoami(format!("{backend}: tools/call whoami, {label}"), c, token)?;
                 pairs.push((relative(run, &b), b));
             }
             let (run, b) = median_pair(pairs);
@@ -977,20 +986,11 @@ fn main() -> Result<()> {
             // Scaling: connections, then how many distinct live tokens are in use.
             for conns in [1, 8, 32, 128] {
                 let b = measure_baseline(&format!("{conns} connections"), conns)?;
-                let run = run_wrk(Load {
-                    server: &server,
-                    name: format!("{backend}: whoami, access token, {conns} conns"),
-                    connections: conns,
-                    duration: d,
-                    script: &fixed,
-                    path: "/mcp",
-                    env: vec![
-                        ("BENCH_BODY", CALL.into()),
-                        ("BENCH_TOKEN", seed.access_token.clone()),
-                    ],
-                    pool: None,
-                    postgres: false,
-                })?;
+                let run = measure_whoami(
+                    format!("{backend}: whoami, access token, {conns} conns"),
+                    conns,
+                    &seed.access_token,
+                )?;
                 report.scaling.push(relative(run, &b));
             }
             let b = measure_baseline("next to the live-token runs", c)?;

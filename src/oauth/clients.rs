@@ -104,23 +104,15 @@ pub async fn find_client_for_grant(
     state: &AppState,
     id: &str,
 ) -> Result<Option<ClientRow>, StorageError> {
-    let stored = builtin(id).is_none() && !id.starts_with("https://") && !id.starts_with("http://");
-    if !stored {
-        return find_client(state, id).await;
-    }
-    let now = state.clock.now();
-    if let Some(row) = state.client_cache.get(id, now) {
-        return Ok(Some(row));
-    }
-    let row = find_client(state, id).await?;
-    // Unknown ids are not remembered: a client registered a moment later must work.
-    if let Some(row) = &row {
-        state.client_cache.put(row, now);
-    }
-    Ok(row)
+    find(state, id, true).await
 }
 
 pub async fn find_client(state: &AppState, id: &str) -> Result<Option<ClientRow>, StorageError> {
+    find(state, id, false).await
+}
+
+/// Built-in, then metadata document, then stored (through the cache if `cached`).
+async fn find(state: &AppState, id: &str, cached: bool) -> Result<Option<ClientRow>, StorageError> {
     if let Some(c) = builtin(id) {
         return Ok(Some(c));
     }
@@ -136,7 +128,19 @@ pub async fn find_client(state: &AppState, id: &str) -> Result<Option<ClientRow>
             }
         });
     }
-    state.store.find_client(id).await
+    if !cached {
+        return state.store.find_client(id).await;
+    }
+    let now = state.clock.now();
+    if let Some(row) = state.client_cache.get(id, now) {
+        return Ok(Some(row));
+    }
+    let row = state.store.find_client(id).await?;
+    // Unknown ids are not remembered: a client registered a moment later must work.
+    if let Some(row) = &row {
+        state.client_cache.put(row, now);
+    }
+    Ok(row)
 }
 
 /// Whether the client's identity is vouched for by a domain (CIMD) rather than self-declared.
