@@ -166,7 +166,13 @@ fn error_body(res: Response<Body>) -> Response<Body> {
     }
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => {
-            json_error(status, "invalid_request", "request body is too large")
+            let mut json = json_error(status, "invalid_request", "request body is too large");
+            // The rest of the body is never read, so hyper drops the connection after
+            // this answer; saying so keeps a client from sending its next request on it
+            // (a pooled reqwest client did, and got a broken pipe).
+            json.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            json
         }
         StatusCode::REQUEST_TIMEOUT => json_error(status, "invalid_request", "request timed out"),
         StatusCode::METHOD_NOT_ALLOWED => {

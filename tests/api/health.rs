@@ -87,6 +87,7 @@ async fn oversized_body_gets_413_and_the_server_keeps_serving(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(res.headers()["connection"], "close");
     // The JSON error body replaces the layer's empty one before the security headers are
     // added, so the replacement carries them too.
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
