@@ -1096,6 +1096,11 @@ impl Ctx {
                 for raw in &redirect_uris {
                     let uri = RedirectUri::parse(raw)
                         .map_err(|e| anyhow!("--redirect-uri {raw:?}: {e}"))?;
+                    if uri.is_private_use() && !public {
+                        bail!(
+                            "--redirect-uri {raw:?}: an app's own scheme is for public clients (add --public): any app on the machine can claim it, so it cannot hold a secret"
+                        );
+                    }
                     uris.push(uri.as_str().to_owned());
                 }
                 let method = if public {

@@ -10,7 +10,7 @@ pub mod user;
 
 pub use org::{OrgSlug, OrgStatus, Role};
 pub use pkce::{CodeChallenge, CodeVerifier};
-pub use redirect_uri::RedirectUri;
+pub use redirect_uri::{RedirectKind, RedirectUri};
 pub use resource::ResourceUri;
 pub use scope::{Scope, ScopeSet};
 pub use user::{DisplayName, Email};

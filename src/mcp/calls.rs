@@ -218,7 +218,8 @@ impl Call {
                     }
                 }
             },
-        };
+        }
+        .within_limit();
         let now = state.clock.now();
         let elapsed = started.elapsed();
         state

@@ -212,6 +212,21 @@ pub(crate) fn check_modern(
                 "the MCP-Protocol-Version header is required",
             ));
         }
+        // Claude through claude.ai connectors sends a 2026-07-28 body under a legacy
+        // header (claude-code#93290): the body is the truth there, so it is served as
+        // such. Every other disagreement stays an error.
+        Some(h)
+            if h != version
+                && matches!(rpc::known_version(h), Some(Era::Legacy(_)))
+                && matches!(rpc::known_version(version), Some(Era::Modern(_))) =>
+        {
+            tracing::info!(
+                header = %h,
+                body = %version,
+                method = %rpc::clip(method),
+                "MCP-Protocol-Version header names a legacy revision under a 2026-07-28 body; served as the body says"
+            );
+        }
         Some(h) if h != version => {
             return Err(RpcError::header_mismatch(format!(
                 "MCP-Protocol-Version header {:?} does not match _meta protocol version {:?}",
@@ -482,6 +497,19 @@ mod tests {
         );
         assert_eq!(
             code(&h("2026-07-28"), None, &meta("2026-07-28")),
+            rpc::HEADER_MISMATCH
+        );
+        // Claude's legacy header over a modern body is served; nothing else is.
+        assert_eq!(
+            code(&h("2025-11-25"), Some("2025-11-25"), &meta("2026-07-28")),
+            0
+        );
+        assert_eq!(
+            code(&h("2025-11-25"), Some("2025-11-25"), &meta("v999.0.0")),
+            rpc::HEADER_MISMATCH
+        );
+        assert_eq!(
+            code(&h("2099-01-01"), Some("2099-01-01"), &meta("2026-07-28")),
             rpc::HEADER_MISMATCH
         );
     }

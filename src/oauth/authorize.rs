@@ -15,7 +15,7 @@ use super::error::ErrorCode;
 use super::session::{self, Session};
 use crate::crypto::password::verify_password;
 use crate::crypto::{PlainToken, TokenKind, random};
-use crate::domain::{CodeChallenge, Email, RedirectUri, ResourceUri, ScopeSet};
+use crate::domain::{CodeChallenge, Email, RedirectKind, RedirectUri, ResourceUri, ScopeSet};
 use crate::limits::{self, Bucket, ClientAddr};
 use crate::state::AppState;
 use crate::storage::{AuditEntry, ClientRow, CodeRow, ConsentRow, StorageError};
@@ -90,6 +90,8 @@ struct ConsentPage<'a> {
     scopes: Vec<(String, String)>,
     redirect_uri: &'a str,
     loopback: bool,
+    /// The scheme of an app's own redirect (`cursor`), shown as such.
+    app_scheme: Option<String>,
     request: &'a str,
     csrf: String,
 }
@@ -105,13 +107,17 @@ fn page(
         tracing::error!("template rendering failed");
         return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
     };
-    let form_action = match redirect_to.and_then(|r| url::Url::parse(r.as_str()).ok()) {
-        Some(u) if r_is_loopback(&u) => format!(
+    let form_action = match redirect_to
+        .and_then(|r| Some((r.kind(), url::Url::parse(r.as_str()).ok()?)))
+    {
+        Some((RedirectKind::Loopback, u)) => format!(
             "'self' {}://{}:*",
             u.scheme(),
             u.host_str().unwrap_or("localhost")
         ),
-        Some(u) => format!("'self' {}", u.origin().ascii_serialization()),
+        // A scheme source: the browser hands the redirect to the app.
+        Some((RedirectKind::PrivateUse, u)) => format!("'self' {}:", u.scheme()),
+        Some((RedirectKind::Https, u)) => format!("'self' {}", u.origin().ascii_serialization()),
         None => "'self'".into(),
     };
     let csp = format!(
@@ -128,10 +134,6 @@ fn page(
         HeaderValue::from_static("no-referrer"),
     );
     res
-}
-
-fn r_is_loopback(u: &url::Url) -> bool {
-    u.scheme() == "http" && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
 }
 
 fn redirect_to(target: String) -> Response {
@@ -346,7 +348,14 @@ fn login_page(
             } else {
                 domain
             },
-            redirect_host: req.redirect_uri.host(),
+            redirect_host: match req.redirect_uri.kind() {
+                RedirectKind::Https => req.redirect_uri.host(),
+                RedirectKind::Loopback => "an application on this computer (localhost)".into(),
+                RedirectKind::PrivateUse => format!(
+                    "an application on this device (its {}: link)",
+                    req.redirect_uri.scheme()
+                ),
+            },
             request: &req.raw,
             csrf,
             error,
@@ -465,8 +474,12 @@ async fn authorize(
         )
         .await?
     {
+        // A remembered consent answers silently only where nobody else can receive the
+        // code: an https redirect. Any program on the person's machine can listen on a
+        // loopback port or claim an app scheme and start this request itself, so those
+        // always see the page (RFC 8252 §8.6), one click when signed in.
         let granted = ScopeSet::parse(&c.scopes).unwrap_or_default();
-        if req.scopes.is_subset(&granted) {
+        if !req.redirect_uri.is_on_device() && req.scopes.is_subset(&granted) {
             return issue_code(state, &req, &s).await;
         }
     }
@@ -495,6 +508,10 @@ async fn authorize(
         scopes,
         redirect_uri: req.redirect_uri.as_str(),
         loopback: req.redirect_uri.is_loopback(),
+        app_scheme: req
+            .redirect_uri
+            .is_private_use()
+            .then(|| req.redirect_uri.scheme()),
         request: &req.raw,
         csrf,
     }

@@ -28,6 +28,9 @@ struct Document {
     client_name: Option<String>,
     redirect_uris: Vec<String>,
     token_endpoint_auth_method: Option<String>,
+    /// Every method the client can use (draft SEP-3149): ChatGPT prefers
+    /// `private_key_jwt` but also lists `none`.
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
     client_secret: Option<serde_json::Value>,
 }
 
@@ -139,14 +142,21 @@ fn validate(id: &str, body: &[u8]) -> Result<ClientRow, String> {
     if doc.client_secret.is_some() {
         return Err("a metadata document must not carry a client secret".into());
     }
-    if doc
-        .token_endpoint_auth_method
-        .as_deref()
-        .is_some_and(|m| m != "none")
-    {
-        return Err(
-            "only token_endpoint_auth_method \"none\" is supported for metadata documents".into(),
-        );
+    // A metadata document cannot carry a secret, and `private_key_jwt` is not offered
+    // here, so the one method both sides can share is `none`: taken when the client
+    // prefers it or lists it among the methods it supports (SEP-3149), refused only
+    // when it does neither.
+    let preferred = doc.token_endpoint_auth_method.as_deref().unwrap_or("none");
+    let lists_none = doc
+        .token_endpoint_auth_methods_supported
+        .as_ref()
+        .is_some_and(|m| m.iter().any(|m| m == "none"));
+    if preferred != "none" && !lists_none {
+        return Err(format!(
+            "token_endpoint_auth_method {:?} is not supported for metadata documents, and \
+             token_endpoint_auth_methods_supported does not list \"none\"",
+            preferred.chars().take(64).collect::<String>()
+        ));
     }
     if doc.redirect_uris.is_empty() || doc.redirect_uris.len() > 10 {
         return Err("redirect_uris must list 1 to 10 URIs".into());
@@ -243,6 +253,11 @@ mod tests {
         assert!(validate(id, other).is_err());
         let secret = br#"{"client_id":"https://app.example/c.json","client_secret":"s","redirect_uris":["https://app.example/cb"]}"#;
         assert!(validate(id, secret).is_err());
+        let chatgpt = br#"{"client_id":"https://app.example/c.json","token_endpoint_auth_method":"private_key_jwt","token_endpoint_auth_methods_supported":["none","private_key_jwt"],"jwks_uri":"https://app.example/jwks.json","redirect_uris":["https://app.example/cb"]}"#;
+        assert_eq!(validate(id, chatgpt).unwrap().auth_method, "none");
+        let jwt_only = br#"{"client_id":"https://app.example/c.json","token_endpoint_auth_method":"private_key_jwt","redirect_uris":["https://app.example/cb"]}"#;
+        let err = validate(id, jwt_only).unwrap_err();
+        assert!(err.contains("private_key_jwt"), "{err}");
         let bad_uri = br#"{"client_id":"https://app.example/c.json","redirect_uris":["http://app.example/cb"]}"#;
         assert!(validate(id, bad_uri).is_err());
     }

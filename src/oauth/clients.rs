@@ -1,5 +1,6 @@
 //! Finding a client: stored ones, plus Claude's two Client ID Metadata Documents built
-//! in, so that a blocked fetch of claude.ai never blocks Claude.
+//! in (under both their claude.ai and claude.com addresses), so that a blocked fetch of
+//! claude.ai, or a 404 from the claude.com alias, never blocks Claude.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,17 +65,20 @@ pub fn auth_cache() -> ClientCache {
 
 pub const CLAUDE_AI: &str = "https://claude.ai/oauth/mcp-oauth-client-metadata";
 pub const CLAUDE_CODE: &str = "https://claude.ai/oauth/claude-code-client-metadata";
+/// The same documents under Claude's other host, which has answered 404 before.
+pub const CLAUDE_AI_ALIAS: &str = "https://claude.com/oauth/mcp-oauth-client-metadata";
+pub const CLAUDE_CODE_ALIAS: &str = "https://claude.com/oauth/claude-code-client-metadata";
 
 fn builtin(id: &str) -> Option<ClientRow> {
     let (name, redirects): (&str, &[&str]) = match id {
-        CLAUDE_AI => (
+        CLAUDE_AI | CLAUDE_AI_ALIAS => (
             "Claude",
             &[
                 "https://claude.ai/api/mcp/auth_callback",
                 "https://claude.com/api/mcp/auth_callback",
             ],
         ),
-        CLAUDE_CODE => (
+        CLAUDE_CODE | CLAUDE_CODE_ALIAS => (
             "Claude Code",
             &["http://localhost/callback", "http://127.0.0.1/callback"],
         ),

@@ -113,6 +113,19 @@ pub(crate) fn parse(req: RegisterRequest) -> Result<Registration, OAuthError> {
             "only the \"code\" response type is supported",
         ));
     }
+    // RFC 8252 §8.4: an app's own scheme can be claimed by any app on the machine, so
+    // such a client cannot keep a secret; it is public and relies on PKCE.
+    if auth_method != "none"
+        && let Some(uri) = redirect_uris.iter().find(|u| u.is_private_use())
+    {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRedirectUri,
+            format!(
+                "{}: an app's own scheme is only for public clients (token_endpoint_auth_method \"none\")",
+                uri.as_str().chars().take(100).collect::<String>()
+            ),
+        ));
+    }
     let _ = req.other;
     Ok(Registration {
         name,

@@ -1294,24 +1294,6 @@ async fn cors_allows_claude_on_the_token_endpoint_only_for_configured_origins(ap
     assert!(res.headers().get("access-control-allow-origin").is_none());
 }
 
-/// Serves a Client ID Metadata Document on loopback; returns its URL (the client_id).
-async fn serve_metadata_document(
-    document: impl Fn(&str) -> serde_json::Value + Send + 'static,
-) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://127.0.0.1:{}/oauth/client.json",
-        listener.local_addr().unwrap().port()
-    );
-    let body = document(&url);
-    let app = axum::Router::new().route(
-        "/oauth/client.json",
-        axum::routing::get(move || async move { axum::Json(body) }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
 async fn cimd_client_from_a_local_document_completes_the_flow(backend: crate::helpers::Backend) {
     let Some(app) =
         crate::helpers::spawn_app_with(backend, |c| c.oauth.cimd_allow_private_addresses = true)
@@ -1320,7 +1302,7 @@ async fn cimd_client_from_a_local_document_completes_the_flow(backend: crate::he
         return;
     };
     let key = owner_key(&app).await;
-    let client_id = serve_metadata_document(|url| {
+    let client_id = serve_metadata_document("/oauth/client.json", |url| {
         json!({ "client_id": url, "client_name": "Doc Client", "redirect_uris": [CB], "token_endpoint_auth_method": "none" })
     })
     .await;
@@ -1345,7 +1327,7 @@ async fn cimd_client_from_a_local_document_completes_the_flow(backend: crate::he
     assert_eq!(status, StatusCode::OK, "{t}");
 
     // A document whose client_id is not its own URL is refused with a page.
-    let liar = serve_metadata_document(|_| json!({ "client_id": "https://claude.ai/oauth/mcp-oauth-client-metadata", "redirect_uris": [CB] })).await;
+    let liar = serve_metadata_document("/oauth/client.json", |_| json!({ "client_id": "https://claude.ai/oauth/mcp-oauth-client-metadata", "redirect_uris": [CB] })).await;
     let res = app
         .client
         .get(app.url(&format!(
@@ -1372,8 +1354,11 @@ async fn cimd_client_from_a_local_document_completes_the_flow_postgres() {
 both_backends!(cimd_documents_on_private_addresses_are_refused_by_default);
 
 async fn cimd_documents_on_private_addresses_are_refused_by_default(app: TestApp) {
-    let client_id =
-        serve_metadata_document(|url| json!({ "client_id": url, "redirect_uris": [CB] })).await;
+    let client_id = serve_metadata_document(
+        "/oauth/client.json",
+        |url| json!({ "client_id": url, "redirect_uris": [CB] }),
+    )
+    .await;
     let p = pkce();
     let res = app
         .client

@@ -262,3 +262,23 @@ pub async fn refresh_with(
     )
     .await
 }
+
+/// Serves a Client ID Metadata Document on loopback at `path`; returns its URL (the
+/// client_id), from which `document` makes the body.
+pub async fn serve_metadata_document(
+    path: &'static str,
+    document: impl Fn(&str) -> Value + Send + 'static,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}{path}",
+        listener.local_addr().unwrap().port()
+    );
+    let body = document(&url);
+    let app = axum::Router::new().route(
+        path,
+        axum::routing::get(move || async move { axum::Json(body) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}

@@ -27,8 +27,12 @@ pub type ToolFuture<'a> = BoxFuture<'a, ToolResult>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegistryError {
-    #[error("tool name {0:?} must be 1-64 characters of A-Z a-z 0-9 _ . -")]
+    #[error("tool name {0:?} must be 1-64 characters of A-Z a-z 0-9 _ -")]
     BadName(String),
+    /// A tool real clients would drop or reject (see [`MAX_SCHEMA_BYTES`] and
+    /// [`MAX_DESCRIPTION_CHARS`]).
+    #[error("tool {name:?}: {problem}")]
+    Unservable { name: String, problem: String },
     #[error("{kind} {name:?} is registered twice")]
     Duplicate { kind: &'static str, name: String },
     #[error("tool {name:?}: {what} is not a usable JSON Schema: {message}")]
@@ -41,8 +45,9 @@ pub enum RegistryError {
     BadScope(String),
 }
 
-/// A tool name every revision's rule accepts: `^[A-Za-z0-9_.-]{1,64}$` (2025-11-25 allows
-/// up to 128 characters; older conformance checks allowed `/` but only 64).
+/// A tool name every client accepts: `^[A-Za-z0-9_-]{1,64}$`. The specification allows
+/// `.` and `/` and up to 128 characters, but claude.ai rejects a server's whole tool
+/// list over one name outside this pattern (claude-code#57813).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ToolName(String);
 
@@ -51,7 +56,7 @@ impl ToolName {
         let ok = (1..=64).contains(&raw.len())
             && raw
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
@@ -398,6 +403,43 @@ impl ToolResult {
 
     pub fn is_error(&self) -> bool {
         matches!(self, Self::Complete { is_error: true, .. })
+    }
+
+    /// The result, or, when it would be over [`MAX_RESULT_BYTES`] on the wire, as much
+    /// of its text as fits followed by a note saying what was cut. Claude refuses larger
+    /// results outright ("Tool result is too large"), so a cut one is the more useful
+    /// answer. Structured content cannot be cut and stay valid: it is dropped, and the
+    /// result is marked an error so no client checks the remains against an
+    /// outputSchema.
+    pub fn within_limit(self) -> Self {
+        match self {
+            // Escaping at most doubles the text block, which travels beside the
+            // structured copy: three times the JSON bounds the whole.
+            Self::Structured(ref json) if json.get().len() * 3 < MAX_RESULT_BYTES => self,
+            Self::Structured(json) => cut(
+                vec![Content::text(json.get())],
+                true,
+                false,
+                wire_len(&Value::String(json.get().to_owned())) * 2,
+            ),
+            Self::Complete {
+                content,
+                structured,
+                is_error,
+            } => {
+                let size = content.iter().map(wire_len).sum::<usize>()
+                    + structured.as_ref().map_or(0, wire_len);
+                if size < MAX_RESULT_BYTES {
+                    return Self::Complete {
+                        content,
+                        structured,
+                        is_error,
+                    };
+                }
+                cut(content, structured.is_some(), is_error, size)
+            }
+            other => other,
+        }
     }
 
     /// The `CallToolResult` body of a result of the tool `spec`. A tool with an
@@ -762,6 +804,9 @@ impl Registry {
         }
         let validator =
             jsonschema::validator_for(&published).map_err(|e| bad("inputSchema", e.to_string()))?;
+        if let Some(problem) = servable_problem(&spec.description, &published) {
+            return Err(RegistryError::Unservable { name, problem });
+        }
         let definition = spec.definition(&published);
         self.by_name.insert(name, self.tools.len());
         self.tools.push(RegisteredTool {
@@ -872,6 +917,130 @@ impl Registry {
     }
 }
 
+/// Claude Code drops a tool whose input schema is larger than this (claude-code#77296).
+pub const MAX_SCHEMA_BYTES: usize = 16 * 1024;
+/// Longer tool descriptions are cut or refused by clients.
+pub const MAX_DESCRIPTION_CHARS: usize = 2048;
+
+/// Why real clients would not use a tool with this description and (published) input
+/// schema, if they would not: the schema must be an object schema at its top, without a
+/// top-level `oneOf`/`anyOf`/`allOf` (which Claude and OpenAI refuse), and small.
+pub fn servable_problem(description: &str, input_schema: &Value) -> Option<String> {
+    let chars = description.chars().count();
+    if chars >= MAX_DESCRIPTION_CHARS {
+        return Some(format!(
+            "description is {chars} characters; clients accept fewer than {MAX_DESCRIPTION_CHARS}"
+        ));
+    }
+    let Some(obj) = input_schema.as_object() else {
+        return Some("inputSchema must be a JSON object".into());
+    };
+    if obj.get("type").and_then(Value::as_str) != Some("object") {
+        return Some("inputSchema must have \"type\": \"object\" at its top".into());
+    }
+    if let Some(k) = ["oneOf", "anyOf", "allOf"]
+        .into_iter()
+        .find(|k| obj.contains_key(*k))
+    {
+        return Some(format!(
+            "inputSchema must not have {k} at its top level; clients refuse such tools"
+        ));
+    }
+    let bytes = serde_json::to_vec(input_schema).map_or(0, |v| v.len());
+    if bytes >= MAX_SCHEMA_BYTES {
+        return Some(format!(
+            "inputSchema is {bytes} bytes; Claude Code drops schemas of {MAX_SCHEMA_BYTES} bytes or more"
+        ));
+    }
+    None
+}
+
+/// The largest tool result sent (Claude's limit is 1 MB); see [`ToolResult::within_limit`].
+pub const MAX_RESULT_BYTES: usize = 1_000_000;
+/// Room kept for the note and the JSON-RPC envelope around a cut result.
+const CUT_RESERVE: usize = 4 * 1024;
+
+/// Bytes a value takes as JSON, counted without building the text.
+fn wire_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// Keeps content blocks in order while they fit, cuts the first text block that does
+/// not, drops the rest, and appends a note a model can act on.
+fn cut(content: Vec<Value>, had_structured: bool, is_error: bool, size: usize) -> ToolResult {
+    let budget = MAX_RESULT_BYTES - CUT_RESERVE;
+    let mut used = 0;
+    let mut kept = Vec::new();
+    let mut dropped = 0usize;
+    let mut truncated = false;
+    for block in content {
+        let len = wire_len(&block);
+        if dropped == 0 && !truncated && used + len <= budget {
+            used += len;
+            kept.push(block);
+            continue;
+        }
+        let text = block.get("type").and_then(Value::as_str) == Some("text");
+        if !truncated && dropped == 0 && text {
+            let full = block
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let mut take = (budget - used).min(full.len());
+            loop {
+                while !full.is_char_boundary(take) {
+                    take -= 1;
+                }
+                let part = Content::text(&full[..take]);
+                let len = wire_len(&part);
+                if used + len <= budget || take == 0 {
+                    used += len;
+                    kept.push(part);
+                    break;
+                }
+                // Escapes made it longer than its bytes: shrink by the excess.
+                take = take.saturating_sub(used + len - budget);
+            }
+            truncated = true;
+            continue;
+        }
+        dropped += 1;
+    }
+    let mut note = format!(
+        "[Gatehouse cut this result: it was about {size} bytes, over the {MAX_RESULT_BYTES}-byte limit MCP clients accept."
+    );
+    if truncated {
+        note.push_str(" The text above stops early.");
+    }
+    if dropped > 0 {
+        note.push_str(&format!(
+            " {dropped} further content block(s) were left out."
+        ));
+    }
+    if had_structured {
+        note.push_str(" Its structured content was left out.");
+    }
+    note.push_str(" Ask for less at a time, for example with a narrower query or a smaller page.]");
+    kept.push(Content::text(note));
+    ToolResult::Complete {
+        content: kept,
+        structured: None,
+        is_error: is_error || had_structured,
+    }
+}
+
 /// The argument name non-idempotent tools accept for safe retries.
 pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
 
@@ -885,10 +1054,70 @@ mod tests {
     #[test]
     fn tool_names_follow_the_conformance_pattern() {
         assert!(ToolName::parse("whoami").is_ok());
-        assert!(ToolName::parse("a.b-c_d").is_ok());
-        for bad in ["", "has space", "é", "a/b", &"x".repeat(65)] {
+        assert!(ToolName::parse("a-b_c9").is_ok());
+        assert!(ToolName::parse(&"x".repeat(64)).is_ok());
+        for bad in ["", "has space", "é", "a/b", "a.b", &"x".repeat(65)] {
             assert!(ToolName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn results_over_the_limit_are_cut_with_a_note() {
+        let small = ToolResult::text("fine").within_limit();
+        assert_eq!(small.to_json()["content"][0]["text"], "fine");
+
+        // Quotes double when escaped: the cut must count the wire, not the bytes.
+        let big = "\"é".repeat(400_000);
+        let cut = ToolResult::Complete {
+            content: vec![Content::text(big), Content::text("after")],
+            structured: Some(json!({ "n": 1 })),
+            is_error: false,
+        }
+        .within_limit();
+        let body = cut.to_json();
+        let wire = serde_json::to_vec(&body).unwrap().len();
+        assert!(wire < MAX_RESULT_BYTES, "{wire}");
+        let content = body["content"].as_array().unwrap();
+        assert_eq!(content.len(), 2, "the cut text and the note");
+        let note = content[1]["text"].as_str().unwrap();
+        assert!(
+            note.contains("cut this result") && note.contains("1 further content block"),
+            "{note}"
+        );
+        assert!(note.contains("structured content was left out"), "{note}");
+        assert!(body.get("structuredContent").is_none());
+        assert_eq!(body["isError"], true);
+
+        let raw = serde_json::value::to_raw_value(&json!({ "rows": "x".repeat(600_000) })).unwrap();
+        let body = ToolResult::Structured(RawJson(raw))
+            .within_limit()
+            .to_json();
+        assert!(serde_json::to_vec(&body).unwrap().len() < MAX_RESULT_BYTES);
+        assert!(
+            body["content"][1]["text"]
+                .as_str()
+                .unwrap()
+                .contains("cut this result")
+        );
+    }
+
+    #[test]
+    fn unservable_tools_are_named() {
+        let obj = json!({ "type": "object" });
+        assert!(servable_problem("ok", &obj).is_none());
+        assert!(
+            servable_problem(&"d".repeat(2048), &obj)
+                .unwrap()
+                .contains("description")
+        );
+        assert!(servable_problem("ok", &json!({ "type": "string" })).is_some());
+        assert!(
+            servable_problem("ok", &json!({ "type": "object", "anyOf": [] }))
+                .unwrap()
+                .contains("anyOf")
+        );
+        let huge = json!({ "type": "object", "description": "x".repeat(MAX_SCHEMA_BYTES) });
+        assert!(servable_problem("ok", &huge).unwrap().contains("bytes"));
     }
 
     #[test]
