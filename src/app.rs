@@ -133,6 +133,9 @@ impl App {
             );
         }
         let feed = tokio::spawn(follow_credential_changes(self.state.clone()));
+        let relay = (!self.state.config.mcp.sse_paths.is_empty())
+            .then(|| tokio::spawn(crate::mcp::sse::follow_relay(self.state.clone())));
+        let sse = self.state.sse.clone();
         let (stop_writer, stopped) = tokio::sync::oneshot::channel();
         let writer = tokio::spawn(background_writer(
             self.state.clone(),
@@ -169,6 +172,8 @@ impl App {
         )
         .with_graceful_shutdown(async move {
             shutdown.await;
+            // Open SSE streams would hold the drain until its timeout.
+            sse.close_all();
             let _ = stopping.send(true);
         });
         tokio::select! {
@@ -186,6 +191,9 @@ impl App {
         // The writer finishes its batch, then writes what the last requests metered,
         // before the pool closes.
         feed.abort();
+        if let Some(r) = relay {
+            r.abort();
+        }
         if let Some(m) = metrics_server {
             m.abort();
         }

@@ -127,6 +127,13 @@ struct RawMcp {
     flush_interval_ms: u64,
     #[serde(deserialize_with = "lenient")]
     token_cache_entries: u64,
+    sse_paths: String,
+    #[serde(deserialize_with = "lenient")]
+    sse_sessions_per_token: u64,
+    #[serde(deserialize_with = "lenient")]
+    sse_max_sessions: u64,
+    #[serde(deserialize_with = "lenient")]
+    sse_idle_timeout_secs: u64,
 }
 
 impl Default for RawMcp {
@@ -138,6 +145,10 @@ impl Default for RawMcp {
             page_size: 100,
             flush_interval_ms: 1000,
             token_cache_entries: 50_000,
+            sse_paths: "/sse".into(),
+            sse_sessions_per_token: 4,
+            sse_max_sessions: 1000,
+            sse_idle_timeout_secs: 600,
         }
     }
 }
@@ -318,6 +329,59 @@ fn lenient_ratio<'de, D: Deserializer<'de>>(de: D) -> Result<f64, D::Error> {
     Ok(v)
 }
 
+/// Paths other routes own: a legacy SSE path may be none of them, nor under them.
+const RESERVED_PATHS: &[&str] = &[
+    "/mcp",
+    "/authorize",
+    "/token",
+    "/register",
+    "/revoke",
+    "/introspect",
+    "/jwks",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/static",
+    "/.well-known",
+];
+
+/// `mcp.sse_paths`: space- or comma-separated absolute paths such as `/sse` or
+/// `/v1/sse`, each also serving `<path>/messages`.
+fn sse_path_list(raw: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for path in raw.split([' ', ',']).filter(|s| !s.is_empty()) {
+        let shape_ok = path.len() <= 200
+            && path.starts_with('/')
+            && !path.ends_with('/')
+            && path.split('/').skip(1).all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            });
+        if !shape_ok {
+            return Err(format!(
+                "{path:?} is not a path like /sse or /v1/sse (letters, digits, - _ . between slashes)"
+            ));
+        }
+        if let Some(r) = RESERVED_PATHS
+            .iter()
+            .find(|r| path == **r || path.starts_with(&format!("{r}/")))
+        {
+            return Err(format!(
+                "{path:?} would take over {r}, which Gatehouse serves itself"
+            ));
+        }
+        if out.iter().any(|p| p == path) {
+            return Err(format!("{path:?} is listed twice"));
+        }
+        out.push(path.to_owned());
+    }
+    Ok(out)
+}
+
 /// Numbers may come from TOML natively or from the environment as strings.
 fn lenient<'de, D, T>(de: D) -> Result<T, D::Error>
 where
@@ -443,6 +507,14 @@ pub struct McpConfig {
     /// How many verified bearer tokens `/mcp` keeps (each a few hundred bytes); past it,
     /// a tenth is dropped and those tokens pay one verification again.
     pub token_cache_entries: usize,
+    /// Where the legacy HTTP+SSE transport (2024-11-05) is served; empty turns it off.
+    pub sse_paths: Vec<String>,
+    /// Open legacy streams one token may hold on an instance.
+    pub sse_sessions_per_token: usize,
+    /// Open legacy streams an instance holds in all.
+    pub sse_max_sessions: usize,
+    /// A legacy stream no message has used for this long is closed.
+    pub sse_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -812,6 +884,20 @@ impl Config {
             return Err(o.error("mcp.flush_interval_ms", "must be between 10 and 60000"));
         }
 
+        let sse_paths =
+            sse_path_list(&raw.mcp.sse_paths).map_err(|e| o.error("mcp.sse_paths", e))?;
+        let sse_sessions_per_token = usize::try_from(raw.mcp.sse_sessions_per_token)
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| o.error("mcp.sse_sessions_per_token", "must be between 1 and 1000"))?;
+        let sse_max_sessions = usize::try_from(raw.mcp.sse_max_sessions)
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| o.error("mcp.sse_max_sessions", "must be between 1 and 1000000"))?;
+        if !(10..=86_400).contains(&raw.mcp.sse_idle_timeout_secs) {
+            return Err(o.error("mcp.sse_idle_timeout_secs", "must be between 10 and 86400"));
+        }
+
         let metrics_enabled = boolean("metrics.enabled", &raw.metrics.enabled)?;
         let metrics_bind = match raw.metrics.bind.trim() {
             "" => None,
@@ -999,6 +1085,10 @@ impl Config {
                             "must be between 100 and 10000000",
                         )
                     })?,
+                sse_paths,
+                sse_sessions_per_token,
+                sse_max_sessions,
+                sse_idle_timeout: Duration::from_secs(raw.mcp.sse_idle_timeout_secs),
             },
             metrics: MetricsConfig {
                 enabled: metrics_enabled,
@@ -1085,6 +1175,10 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "mcp.page_size",
         "mcp.flush_interval_ms",
         "mcp.token_cache_entries",
+        "mcp.sse_paths",
+        "mcp.sse_sessions_per_token",
+        "mcp.sse_max_sessions",
+        "mcp.sse_idle_timeout_secs",
         "metrics.enabled",
         "metrics.bind",
         "metrics.token",
@@ -1418,6 +1512,33 @@ mod tests {
         std::fs::write(&path, "[log\n").unwrap();
         let err = Config::load_from(Some(&path), []).unwrap_err().to_string();
         assert!(err.contains("not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn sse_paths_are_checked_and_never_take_over_other_routes() {
+        assert_eq!(sse_path_list("/sse, /v1/sse").unwrap(), ["/sse", "/v1/sse"]);
+        assert!(sse_path_list("").unwrap().is_empty());
+        for (bad, why) in [
+            ("sse", "not a path"),
+            ("/sse/", "not a path"),
+            ("/a//b", "not a path"),
+            ("/a/../b", "not a path"),
+            ("/s e", "not a path"),
+            ("/mcp", "take over"),
+            ("/token", "take over"),
+            ("/.well-known/x", "take over"),
+            ("/sse /sse", "twice"),
+        ] {
+            let err = sse_path_list(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        let err = Config::load_from(None, env(&[("GATEHOUSE__MCP__SSE_PATHS", "/authorize")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mcp.sse_paths") && err.contains("GATEHOUSE__MCP__SSE_PATHS"),
+            "{err}"
+        );
     }
 
     #[test]

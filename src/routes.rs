@@ -56,7 +56,7 @@ pub fn router(
         .route(paths::READYZ, get(get_readyz))
         .route(paths::STYLESHEET, get(get_stylesheet))
         .merge(oauth::router(&state))
-        .merge(mcp::router())
+        .merge(mcp::router(&state.config.mcp.sse_paths))
         .fallback(not_found)
         .with_state(state)
         .layer(matched);

@@ -66,6 +66,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// `/mcp` requests per credential, merged into the shared counters by the writer.
     pub mcp_limits: Arc<LocalCounter>,
+    /// The legacy SSE streams this instance holds.
+    pub sse: Arc<crate::mcp::sse::Sessions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,7 @@ impl AppState {
             meter: Arc::new(Meter::default()),
             metrics,
             mcp_limits: Arc::new(LocalCounter::default()),
+            sse: Arc::default(),
         })))
     }
 }

@@ -9,6 +9,7 @@ mod metadata;
 pub mod meter;
 pub mod rpc;
 pub(crate) mod server;
+pub mod sse;
 pub mod tools;
 
 use axum::Router;
@@ -18,8 +19,15 @@ use crate::state::AppState;
 
 pub const PATH: &str = "/mcp";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// `/mcp`, its metadata, and the legacy SSE transport at each of `sse_paths`.
+pub fn router(sse_paths: &[String]) -> Router<AppState> {
+    let mut router = Router::new();
+    for path in sse_paths {
+        router = router
+            .route(path, get(sse::open_stream).post(server::post_mcp))
+            .route(&format!("{path}/messages"), post(sse::post_message));
+    }
+    router
         .route(
             PATH,
             post(server::post_mcp)

@@ -38,16 +38,9 @@ pub async fn post_mcp(
     TakeHeaders(headers): TakeHeaders,
     body: Bytes,
 ) -> Response {
-    if let Err(why) = state.mcp_guard.check(&headers) {
-        return RpcError::new(StatusCode::FORBIDDEN, -32000, why).into_response(Value::Null);
-    }
-    let principal = match authenticate(&state, &headers).await {
-        Ok(Some(p)) => p,
-        Ok(None) => match &state.config.mcp.anonymous_scopes {
-            Some(scopes) => Arc::new(Principal::anonymous(scopes.clone())),
-            None => return BearerError::Missing.into_response(&state),
-        },
-        Err(e) => return e.into_response(&state),
+    let principal = match caller(&state, &headers).await {
+        Ok(p) => p,
+        Err(res) => return res,
     };
     if let Some(rate) = state.config.limits.mcp_per_credential {
         let by_address;
@@ -95,6 +88,25 @@ pub async fn post_mcp(
             handle_single(&state, &principal, &headers, header_version, obj).await
         }
         _ => invalid_request(Value::Null, "invalid request: expected a JSON-RPC object"),
+    }
+}
+
+/// The Host/Origin guard and authentication every MCP request passes first (anonymous
+/// when the operator allows it), or the response that refuses it.
+pub(crate) async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Arc<Principal>, Response> {
+    if let Err(why) = state.mcp_guard.check(headers) {
+        return Err(RpcError::new(StatusCode::FORBIDDEN, -32000, why).into_response(Value::Null));
+    }
+    match authenticate(state, headers).await {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => match &state.config.mcp.anonymous_scopes {
+            Some(scopes) => Ok(Arc::new(Principal::anonymous(scopes.clone()))),
+            None => Err(BearerError::Missing.into_response(state)),
+        },
+        Err(e) => Err(e.into_response(state)),
     }
 }
 

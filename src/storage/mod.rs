@@ -13,6 +13,7 @@ mod limits;
 mod mcp;
 pub mod oauth;
 pub mod records;
+pub mod relay;
 mod standing;
 
 use std::str::FromStr;

@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod clients;
 mod health;
+mod legacy_sse;
 mod lifecycle;
 mod mcp;
 mod mcp_protocol;

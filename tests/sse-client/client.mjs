@@ -1,0 +1,41 @@
+// Drives Gatehouse with the official MCP TypeScript SDK, for tests/api/legacy_sse.rs.
+//
+//   node client.mjs sse <url> <token> [<origin for POSTs>]
+//   node client.mjs streamable <url> <token>
+//
+// `sse` connects with SSEClientTransport (the 2024-11-05 HTTP+SSE transport); with a
+// third argument its POSTs go to that origin instead, as a load balancer might send
+// them to another instance. `streamable` connects with StreamableHTTPClientTransport.
+// Either way: connect (initialize), tools/list, tools/call whoami, then one JSON line
+// on stdout with what came back. MCP_SDK_DIR names where the SDK is installed.
+const sdk = `${process.env.MCP_SDK_DIR}/node_modules/@modelcontextprotocol/sdk/dist/esm`;
+const { Client } = await import(`${sdk}/client/index.js`);
+const { SSEClientTransport } = await import(`${sdk}/client/sse.js`);
+const { StreamableHTTPClientTransport } = await import(`${sdk}/client/streamableHttp.js`);
+
+const [mode, url, token, postOrigin] = process.argv.slice(2);
+const target = new URL(url);
+const opts = { requestInit: { headers: { Authorization: `Bearer ${token}` } } };
+if (postOrigin) {
+  opts.fetch = (u, init) =>
+    fetch(init?.method === 'POST' ? String(u).replace(target.origin, postOrigin) : u, init);
+}
+const transport = mode === 'sse'
+  ? new SSEClientTransport(target, opts)
+  : new StreamableHTTPClientTransport(target, opts);
+const client = new Client({ name: 'gatehouse-sdk-test', version: '1.0.0' });
+try {
+  await client.connect(transport);
+  const tools = await client.listTools();
+  const whoami = await client.callTool({ name: 'whoami', arguments: {} });
+  console.log(JSON.stringify({
+    server: client.getServerVersion(),
+    tools: tools.tools.map((t) => t.name),
+    whoami,
+  }));
+  await client.close();
+  process.exit(0);
+} catch (e) {
+  console.error(`client failed: ${e?.stack ?? e}`);
+  process.exit(1);
+}
