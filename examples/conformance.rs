@@ -858,6 +858,8 @@ fn add_schema_tool(reg: &mut Registry) -> Result<(), RegistryError> {
             "json_schema_2020_12_tool",
             "Tool with JSON Schema 2020-12 features for conformance testing (SEP-1613)",
         )?
+        // The suite's schema has a top-level allOf, which real clients refuse.
+        .allow_unportable_schema()
         .input_schema(schema),
         |_, args| ToolResult::text(format!("Received: {}", Value::Object(args.clone()))),
     )

@@ -219,6 +219,7 @@ impl Call {
                 }
             },
         }
+        // Claude refuses results over 1 MB; the cut is logged with the request's span.
         .within_limit();
         let now = state.clock.now();
         let elapsed = started.elapsed();

@@ -232,12 +232,14 @@ pub(crate) fn check_modern(
                 && matches!(rpc::known_version(h), Some(Era::Legacy(_)))
                 && matches!(rpc::known_version(version), Some(Era::Modern(_))) =>
         {
-            tracing::info!(
-                header = %h,
-                body = %version,
-                method = %rpc::clip(method),
-                "MCP-Protocol-Version header names a legacy revision under a 2026-07-28 body; served as the body says"
-            );
+            // Said once at info (a connector sends it on every request), then at debug.
+            static SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            let message = "MCP-Protocol-Version header names a legacy revision under a 2026-07-28 body; served as the body says";
+            if SEEN.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(header = %h, body = %version, method = %rpc::clip(method), "{message}");
+            } else {
+                tracing::info!(header = %h, body = %version, method = %rpc::clip(method), "{message} (logged at debug from now on)");
+            }
         }
         Some(h) if h != version => {
             return Err(RpcError::header_mismatch(format!(

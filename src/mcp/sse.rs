@@ -55,6 +55,9 @@ const PURPOSE: &str = "sse-session";
 pub struct Sessions {
     open: Mutex<HashMap<String, Open>>,
     closing: watch::Sender<bool>,
+    /// Set by the first stream: only then does the relay take a database connection
+    /// to listen on.
+    used: watch::Sender<bool>,
 }
 
 struct Open {
@@ -68,6 +71,7 @@ impl Default for Sessions {
         Self {
             open: Mutex::default(),
             closing: watch::channel(false).0,
+            used: watch::channel(false).0,
         }
     }
 }
@@ -113,6 +117,7 @@ impl Sessions {
                 credential: credential.to_owned(),
             },
         );
+        self.used.send_if_modified(|u| !std::mem::replace(u, true));
         Ok(())
     }
 
@@ -456,8 +461,14 @@ fn unknown_session() -> Response {
 }
 
 /// Delivers the messages other instances relay to the streams this one holds
-/// (PostgreSQL; returns at once on SQLite), and drops relayed messages nobody claimed.
+/// (PostgreSQL, from the first stream opened here on; returns at once on SQLite), and
+/// drops relayed messages nobody claimed.
 pub async fn follow_relay(state: AppState) {
+    if !matches!(state.store, crate::storage::Store::Postgres(_)) {
+        return;
+    }
+    // A listener holds a pooled connection for good: none until a stream needs it.
+    let _ = state.sse.used.subscribe().wait_for(|u| *u).await;
     let mut failing = false;
     loop {
         let mut listener = match state.store.relay_listener().await {

@@ -124,6 +124,8 @@ pub struct ToolSpec {
     client_capabilities: Vec<String>,
     returns_secret: bool,
     notifies: bool,
+    /// Top-level `oneOf`/`anyOf`/`allOf` allowed (see [`ToolSpec::allow_unportable_schema`]).
+    unportable_schema: bool,
 }
 
 impl ToolSpec {
@@ -141,6 +143,7 @@ impl ToolSpec {
             client_capabilities: Vec::new(),
             returns_secret: false,
             notifies: true,
+            unportable_schema: false,
         })
     }
 
@@ -184,6 +187,15 @@ impl ToolSpec {
     /// gets -32021.
     pub fn requires_client_capability(mut self, capability: &str) -> Self {
         self.client_capabilities.push(capability.to_owned());
+        self
+    }
+
+    /// Allows a top-level `oneOf`/`anyOf`/`allOf` in the input schema, which the MCP
+    /// specification permits but Claude and OpenAI refuse (the whole tool is dropped).
+    /// Only for tools that must have one, such as the conformance suite's JSON Schema
+    /// 2020-12 fixture; a warning is logged when such a tool is registered.
+    pub fn allow_unportable_schema(mut self) -> Self {
+        self.unportable_schema = true;
         self
     }
 
@@ -804,8 +816,17 @@ impl Registry {
         }
         let validator =
             jsonschema::validator_for(&published).map_err(|e| bad("inputSchema", e.to_string()))?;
-        if let Some(problem) = servable_problem(&spec.description, &published) {
-            return Err(RegistryError::Unservable { name, problem });
+        match servable_problem(&spec.description, &published) {
+            Some(Problem::Combinator(problem)) if spec.unportable_schema => {
+                tracing::warn!(tool = %name, "{problem}: Claude and other clients will not offer this tool");
+            }
+            Some(problem) => {
+                return Err(RegistryError::Unservable {
+                    name,
+                    problem: problem.to_string(),
+                });
+            }
+            None => {}
         }
         let definition = spec.definition(&published);
         self.by_name.insert(name, self.tools.len());
@@ -922,35 +943,54 @@ pub const MAX_SCHEMA_BYTES: usize = 16 * 1024;
 /// Longer tool descriptions are cut or refused by clients.
 pub const MAX_DESCRIPTION_CHARS: usize = 2048;
 
+/// Why real clients would not use a tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A top-level `oneOf`/`anyOf`/`allOf`, which Claude and OpenAI refuse.
+    Combinator(String),
+    /// Anything else: no object schema, too large, a description too long.
+    Other(String),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Combinator(m) | Self::Other(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Why real clients would not use a tool with this description and (published) input
 /// schema, if they would not: the schema must be an object schema at its top, without a
-/// top-level `oneOf`/`anyOf`/`allOf` (which Claude and OpenAI refuse), and small.
-pub fn servable_problem(description: &str, input_schema: &Value) -> Option<String> {
+/// top-level `oneOf`/`anyOf`/`allOf`, and small.
+pub fn servable_problem(description: &str, input_schema: &Value) -> Option<Problem> {
     let chars = description.chars().count();
     if chars >= MAX_DESCRIPTION_CHARS {
-        return Some(format!(
+        return Some(Problem::Other(format!(
             "description is {chars} characters; clients accept fewer than {MAX_DESCRIPTION_CHARS}"
-        ));
+        )));
     }
     let Some(obj) = input_schema.as_object() else {
-        return Some("inputSchema must be a JSON object".into());
+        return Some(Problem::Other("inputSchema must be a JSON object".into()));
     };
     if obj.get("type").and_then(Value::as_str) != Some("object") {
-        return Some("inputSchema must have \"type\": \"object\" at its top".into());
+        return Some(Problem::Other(
+            "inputSchema must have \"type\": \"object\" at its top".into(),
+        ));
+    }
+    let bytes = serde_json::to_vec(input_schema).map_or(0, |v| v.len());
+    if bytes >= MAX_SCHEMA_BYTES {
+        return Some(Problem::Other(format!(
+            "inputSchema is {bytes} bytes; Claude Code drops schemas of {MAX_SCHEMA_BYTES} bytes or more"
+        )));
     }
     if let Some(k) = ["oneOf", "anyOf", "allOf"]
         .into_iter()
         .find(|k| obj.contains_key(*k))
     {
-        return Some(format!(
-            "inputSchema must not have {k} at its top level; clients refuse such tools"
-        ));
-    }
-    let bytes = serde_json::to_vec(input_schema).map_or(0, |v| v.len());
-    if bytes >= MAX_SCHEMA_BYTES {
-        return Some(format!(
-            "inputSchema is {bytes} bytes; Claude Code drops schemas of {MAX_SCHEMA_BYTES} bytes or more"
-        ));
+        return Some(Problem::Combinator(format!(
+            "inputSchema has {k} at its top level"
+        )));
     }
     None
 }
@@ -980,6 +1020,11 @@ fn wire_len(v: &Value) -> usize {
 /// Keeps content blocks in order while they fit, cuts the first text block that does
 /// not, drops the rest, and appends a note a model can act on.
 fn cut(content: Vec<Value>, had_structured: bool, is_error: bool, size: usize) -> ToolResult {
+    tracing::warn!(
+        bytes = size,
+        limit = MAX_RESULT_BYTES,
+        "a tool result over the size limit was cut"
+    );
     let budget = MAX_RESULT_BYTES - CUT_RESERVE;
     let mut used = 0;
     let mut kept = Vec::new();
@@ -1108,16 +1153,38 @@ mod tests {
         assert!(
             servable_problem(&"d".repeat(2048), &obj)
                 .unwrap()
+                .to_string()
                 .contains("description")
         );
         assert!(servable_problem("ok", &json!({ "type": "string" })).is_some());
-        assert!(
-            servable_problem("ok", &json!({ "type": "object", "anyOf": [] }))
-                .unwrap()
-                .contains("anyOf")
-        );
+        let any_of = json!({ "type": "object", "anyOf": [{ "required": ["a"] }] });
+        assert!(matches!(
+            servable_problem("ok", &any_of),
+            Some(Problem::Combinator(m)) if m.contains("anyOf")
+        ));
         let huge = json!({ "type": "object", "description": "x".repeat(MAX_SCHEMA_BYTES) });
-        assert!(servable_problem("ok", &huge).unwrap().contains("bytes"));
+        assert!(
+            servable_problem("ok", &huge)
+                .unwrap()
+                .to_string()
+                .contains("bytes")
+        );
+        // Refused at registration, unless the tool says it must have one.
+        let spec = || {
+            ToolSpec::new("t", "d")
+                .unwrap()
+                .input_schema(any_of.clone())
+        };
+        let noop = |_: ToolContext, _: Map<String, Value>| async { ToolResult::text("") };
+        assert!(matches!(
+            Registry::empty().with_tool(tool_fn(spec(), noop)),
+            Err(RegistryError::Unservable { .. })
+        ));
+        assert!(
+            Registry::empty()
+                .with_tool(tool_fn(spec().allow_unportable_schema(), noop))
+                .is_ok()
+        );
     }
 
     #[test]
