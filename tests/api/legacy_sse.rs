@@ -25,6 +25,7 @@ both_backends!(db:
     sessions_are_bounded_per_token_and_per_instance,
     configured_paths_serve_the_transport,
     sigterm_ends_open_streams_instead_of_waiting_on_them,
+    idle_streams_are_closed,
 );
 
 static SKIP_NOTICE: Once = Once::new();
@@ -535,4 +536,33 @@ async fn sigterm_ends_open_streams_instead_of_waiting_on_them(db: TestDb) {
         "{out}"
     );
     assert!(!out.contains("still in flight"), "{out}");
+}
+
+async fn idle_streams_are_closed(db: TestDb) {
+    let backend = db.backend;
+    drop(db);
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.mcp.sse_idle_timeout = Duration::from_secs(2);
+    })
+    .await
+    else {
+        return;
+    };
+    crate::oauth_helpers::owner_key(&app).await;
+    let pat = pat(&app, "account:read").await;
+    let pat = pat["token"].as_str().unwrap();
+    let mut stream = open(&app, "/sse", Some(pat)).await.unwrap();
+    let endpoint = stream.endpoint().await;
+    // Used, it stays open past the timeout...
+    for id in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ping = json!({ "jsonrpc": "2.0", "id": id, "method": "ping" });
+        let res = post_to(&app, &endpoint, Some(pat), ping).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let (_, data) = stream.event().await.expect("still open");
+        assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["id"], id);
+    }
+    // ...and closes once nothing uses it.
+    let took = stream.closed_within(Duration::from_secs(20)).await;
+    assert!(took >= Duration::from_secs(1), "{took:?}");
 }
