@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::crypto::keys::Kek;
 use crate::domain::Email;
-use crate::limits::{Rate, TrustedProxies};
+use crate::domain::limit::{Rate, TrustedProxies};
 
 pub const ENV_PREFIX: &str = "GATEHOUSE__";
 
@@ -549,7 +549,7 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests before closing what is left.
     pub shutdown_timeout: Duration,
     pub max_body_bytes: usize,
-    /// Peers whose forwarding headers are believed (see [`crate::limits::client_address`]).
+    /// Peers whose forwarding headers are believed (see `limits::client_address`).
     pub trusted_proxies: TrustedProxies,
 }
 

@@ -1,6 +1,7 @@
 //! Pure domain types: parsed once at the edge, valid everywhere after.
 //! No I/O here, and nothing from axum, sqlx or the token crates.
 
+pub mod limit;
 pub mod org;
 pub mod pkce;
 pub mod redirect_uri;
