@@ -542,7 +542,7 @@ async fn idle_streams_are_closed(db: TestDb) {
     let backend = db.backend;
     drop(db);
     let Some(app) = spawn_app_with(backend, |c| {
-        c.mcp.sse_idle_timeout = Duration::from_secs(2);
+        c.mcp.sse_idle_timeout = Duration::from_secs(3);
     })
     .await
     else {
@@ -554,8 +554,9 @@ async fn idle_streams_are_closed(db: TestDb) {
     let mut stream = open(&app, "/sse", Some(pat)).await.unwrap();
     let endpoint = stream.endpoint().await;
     // Used, it stays open past the timeout...
+    // (pings 0.7 s apart, 2.1 s in all: most of the timeout, with room for a slow machine)
     for id in 0..3 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
         let ping = json!({ "jsonrpc": "2.0", "id": id, "method": "ping" });
         let res = post_to(&app, &endpoint, Some(pat), ping).await;
         assert_eq!(res.status(), StatusCode::ACCEPTED);
