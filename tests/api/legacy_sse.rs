@@ -554,8 +554,8 @@ async fn idle_streams_are_closed(db: TestDb) {
     let mut stream = open(&app, "/sse", Some(pat)).await.unwrap();
     let endpoint = stream.endpoint().await;
     // Used, it stays open past the timeout...
-    // (pings 0.7 s apart, 2.1 s in all: most of the timeout, with room for a slow machine)
-    for id in 0..3 {
+    // (pings 0.7 s apart, 4.2 s in all against a 3 s timeout, with room for a slow machine)
+    for id in 0..6 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let ping = json!({ "jsonrpc": "2.0", "id": id, "method": "ping" });
         let res = post_to(&app, &endpoint, Some(pat), ping).await;
