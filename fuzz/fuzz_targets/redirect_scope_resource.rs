@@ -3,14 +3,15 @@
 //! and neighbouring lines are compared with each other.
 //!
 //! Invariants: a parsed redirect URI is kept byte for byte, re-parses to itself, has no
-//! fragment or credentials, and is https with a host or http on a loopback host; loopback
-//! matching ignores only the port and is symmetric. A scope set prints in canonical form
+//! fragment or credentials, and is https with a host, http on a loopback host, or an
+//! app's own scheme (never one a browser handles itself); loopback matching ignores only
+//! the port and which loopback name is used, and is symmetric. A scope set prints in canonical form
 //! and parses back to itself, holds only valid tokens, and obeys the set laws. A resource
 //! indicator that resolves always names this server.
 
 #![no_main]
 
-use gatehouse::domain::{RedirectUri, ResourceUri, Scope, ScopeSet};
+use gatehouse::domain::{RedirectKind, RedirectUri, ResourceUri, Scope, ScopeSet};
 use libfuzzer_sys::fuzz_target;
 
 const SERVERS: &[&str] = &["https://gate.example.com", "http://127.0.0.1:8080"];
@@ -26,12 +27,19 @@ fn check_redirect(line: &str) -> Option<(RedirectUri, url::Url)> {
     let host = url.host_str().unwrap_or_default();
     let loopback_host = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
     match url.scheme() {
-        "https" => assert!(!host.is_empty() && !uri.is_loopback()),
+        "https" => assert!(!host.is_empty() && uri.kind() == RedirectKind::Https),
         "http" => assert!(
-            loopback_host && uri.is_loopback(),
+            loopback_host && uri.kind() == RedirectKind::Loopback,
             "plain http only on loopback"
         ),
-        other => panic!("scheme {other:?} accepted"),
+        "javascript" | "data" | "file" | "blob" | "about" | "vbscript" | "ws" | "wss"
+        | "mailto" | "intent" | "content" | "chrome" => {
+            panic!("browser scheme {:?} accepted", url.scheme())
+        }
+        _ => {
+            assert_eq!(uri.kind(), RedirectKind::PrivateUse);
+            assert!(!url.cannot_be_a_base(), "an app scheme has a path");
+        }
     }
     assert_eq!(uri.host(), host);
     assert!(uri.matches(&uri));
@@ -42,10 +50,9 @@ fn check_pair(a: &(RedirectUri, url::Url), b: &(RedirectUri, url::Url)) {
     let m = a.0.matches(&b.0);
     assert_eq!(m, b.0.matches(&a.0), "matching is symmetric");
     if m && a.0 != b.0 {
-        // Only loopback redirects may differ, and only in the port.
+        // Only loopback redirects may differ, and only in the port and loopback name.
         assert!(a.0.is_loopback() && b.0.is_loopback());
         assert_eq!(a.1.scheme(), b.1.scheme());
-        assert_eq!(a.1.host_str(), b.1.host_str());
         assert_eq!(a.1.path(), b.1.path());
         assert_eq!(a.1.query(), b.1.query());
     }
