@@ -13,6 +13,7 @@ pub mod domain;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod http;
 pub mod limits;
 pub mod mcp;
