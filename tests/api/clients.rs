@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, spawn_app_with};
 use crate::oauth_helpers::{
-    approve_from, hidden, location, owner_key, pkce, query_param, serve_metadata_document,
+    approve_from, location, owner_key, pkce, query_param, serve_metadata_document,
     sign_in_and_approve, token,
 };
 
@@ -807,17 +807,7 @@ async fn consent_is_remembered_only_for_https_redirects(backend: Backend) {
             assert!(html.contains("cursor:"), "the app scheme is named: {html}");
         }
         // Deny sends the person back with access_denied, and the issuer.
-        let res = app
-            .client
-            .post(app.url("/authorize"))
-            .form(&[
-                ("request", hidden(&html, "request")),
-                ("csrf", hidden(&html, "csrf")),
-                ("decision", "deny".into()),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let res = crate::oauth_helpers::decide(&app, &html, "deny").await;
         assert_eq!(res.status(), StatusCode::SEE_OTHER);
         let back = location(&res);
         assert!(back.starts_with(redirect.as_str()), "{back}");

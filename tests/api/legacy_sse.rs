@@ -220,6 +220,18 @@ async fn post_to(app: &TestApp, url: &str, token: Option<&str>, body: Value) -> 
     req.send().await.unwrap()
 }
 
+impl Stream {
+    /// POSTs `body` to the session's `endpoint` (202) and returns the `message` event
+    /// the stream then carries.
+    async fn exchange(&mut self, app: &TestApp, endpoint: &str, token: &str, body: Value) -> Value {
+        let res = post_to(app, endpoint, Some(token), body).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let (event, data) = self.event().await.expect("an answer on the stream");
+        assert_eq!(event, "message");
+        serde_json::from_str(&data).unwrap()
+    }
+}
+
 async fn the_endpoint_event_and_refused_posts(app: TestApp) {
     let flow = full_flow(&app).await;
     let oauth = flow.tokens["access_token"].as_str().unwrap().to_owned();
@@ -248,11 +260,7 @@ async fn the_endpoint_event_and_refused_posts(app: TestApp) {
     // A request is accepted on the POST and answered on the stream.
     let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": { "name": "old", "version": "1" } } });
-    let res = post_to(&app, &endpoint, Some(pat), init).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let (event, data) = stream.event().await.unwrap();
-    assert_eq!(event, "message");
-    let answer: Value = serde_json::from_str(&data).unwrap();
+    let answer = stream.exchange(&app, &endpoint, pat, init).await;
     assert_eq!(answer["id"], 1);
     assert_eq!(answer["result"]["protocolVersion"], "2024-11-05");
     let res = post_to(
@@ -264,23 +272,12 @@ async fn the_endpoint_event_and_refused_posts(app: TestApp) {
     .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let call = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": { "name": "whoami", "arguments": {} } });
-    let res = post_to(&app, &endpoint, Some(pat), call).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let (_, data) = stream.event().await.unwrap();
-    let answer: Value = serde_json::from_str(&data).unwrap();
+    let answer = stream.exchange(&app, &endpoint, pat, call).await;
     assert_eq!(answer["id"], 2);
     assert_eq!(answer["result"]["isError"], false, "{answer}");
     // A JSON-RPC error travels the same way.
-    let res = post_to(
-        &app,
-        &endpoint,
-        Some(pat),
-        json!({ "jsonrpc": "2.0", "id": 3, "method": "no/such" }),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let (_, data) = stream.event().await.unwrap();
-    let answer: Value = serde_json::from_str(&data).unwrap();
+    let unknown = json!({ "jsonrpc": "2.0", "id": 3, "method": "no/such" });
+    let answer = stream.exchange(&app, &endpoint, pat, unknown).await;
     assert_eq!(answer["error"]["code"], -32601, "{answer}");
 
     // A scope the token lacks is refused on the POST itself, with the step-up challenge.
@@ -318,10 +315,8 @@ async fn the_endpoint_event_and_refused_posts(app: TestApp) {
         "a session answers only its own caller"
     );
     // Nothing of that reached the stream: the next message is the ping's own answer.
-    let res = post_to(&app, &endpoint, Some(pat), ping).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let (_, data) = stream.event().await.unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["id"], 5);
+    let answer = stream.exchange(&app, &endpoint, pat, ping).await;
+    assert_eq!(answer["id"], 5);
 
     // A closed stream's session is gone (SQLite: nothing else could hold it).
     drop(stream);
@@ -482,16 +477,9 @@ async fn configured_paths_serve_the_transport(db: TestDb) {
         endpoint.starts_with(&format!("{}/v1/sse/messages?sessionId=", app.addr)),
         "{endpoint}"
     );
-    let res = post_to(
-        &app,
-        &endpoint,
-        Some(pat),
-        json!({ "jsonrpc": "2.0", "id": 9, "method": "ping" }),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let (_, data) = stream.event().await.unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["id"], 9);
+    let ping = json!({ "jsonrpc": "2.0", "id": 9, "method": "ping" });
+    let answer = stream.exchange(&app, &endpoint, pat, ping).await;
+    assert_eq!(answer["id"], 9);
     let res = open(&app, "/sse", Some(pat))
         .await
         .expect_err("not configured");
@@ -558,10 +546,8 @@ async fn idle_streams_are_closed(db: TestDb) {
     for id in 0..6 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let ping = json!({ "jsonrpc": "2.0", "id": id, "method": "ping" });
-        let res = post_to(&app, &endpoint, Some(pat), ping).await;
-        assert_eq!(res.status(), StatusCode::ACCEPTED);
-        let (_, data) = stream.event().await.expect("still open");
-        assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["id"], id);
+        let answer = stream.exchange(&app, &endpoint, pat, ping).await;
+        assert_eq!(answer["id"], id, "still open");
     }
     // ...and closes once nothing uses it.
     let took = stream.closed_within(Duration::from_secs(20)).await;

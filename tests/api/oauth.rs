@@ -625,17 +625,7 @@ async fn deny_returns_access_denied_with_iss(app: TestApp) {
         "DCR names are marked as unverified"
     );
     assert!(consent.contains("claude.ai/api/mcp/auth_callback"));
-    let res = app
-        .client
-        .post(app.url("/authorize"))
-        .form(&[
-            ("request", hidden(&consent, "request")),
-            ("csrf", hidden(&consent, "csrf")),
-            ("decision", "deny".into()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = decide(&app, &consent, "deny").await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let loc = location(&res);
     assert_eq!(query_param(&loc, "error").as_deref(), Some("access_denied"));

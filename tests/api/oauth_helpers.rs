@@ -158,19 +158,23 @@ pub async fn approve_from(app: &TestApp, path: &str) -> String {
     assert_eq!(res.status(), StatusCode::OK);
     let html = res.text().await.unwrap();
     assert!(html.contains("Allow"), "{html}");
-    let res = app
-        .client
+    let res = decide(app, &html, "approve").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    location(&res)
+}
+
+/// Submits the consent page `html` with `decision` (`approve` or `deny`).
+pub async fn decide(app: &TestApp, html: &str, decision: &str) -> reqwest::Response {
+    app.client
         .post(app.url("/authorize"))
         .form(&[
-            ("request", hidden(&html, "request")),
-            ("csrf", hidden(&html, "csrf")),
-            ("decision", "approve".into()),
+            ("request", hidden(html, "request")),
+            ("csrf", hidden(html, "csrf")),
+            ("decision", decision.to_owned()),
         ])
         .send()
         .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    location(&res)
+        .unwrap()
 }
 
 pub async fn token(
