@@ -147,6 +147,13 @@ impl App {
             .metrics
             .mcp
             .export_tools(self.state.tools.tool_stats());
+        // Upstreams start before serving, so the first tools/list already has them (a
+        // slow or broken one is waited for at most a few seconds, never fatally).
+        let gateway = if self.state.config.gateway.upstreams.is_empty() {
+            None
+        } else {
+            Some(crate::gateway::Gateway::start(self.state.clone()).await)
+        };
         let metrics_server = self.metrics_listener.map(|(listener, _)| {
             let router = routes::metrics_router(self.state.clone());
             tokio::spawn(async move {
@@ -196,6 +203,9 @@ impl App {
         }
         if let Some(m) = metrics_server {
             m.abort();
+        }
+        if let Some(g) = gateway {
+            g.shutdown().await;
         }
         let _ = stop_writer.send(());
         let _ = writer.await;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub http: Arc<HttpMetrics>,
     pub oauth: Arc<OAuthMetrics>,
     pub mcp: Arc<McpMetrics>,
+    pub upstreams: Arc<UpstreamMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -44,7 +45,9 @@ impl Metrics {
         let http = Arc::new(HttpMetrics::default());
         let oauth = Arc::new(OAuthMetrics::default());
         let mcp = Arc::new(McpMetrics::default());
+        let upstreams = Arc::new(UpstreamMetrics::default());
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(upstreams.clone()));
         registry.register_collector(Box::new(http.clone()));
         registry.register_collector(Box::new(oauth.clone()));
         registry.register_collector(Box::new(mcp.clone()));
@@ -54,6 +57,7 @@ impl Metrics {
             http,
             oauth,
             mcp,
+            upstreams,
         }
     }
 
@@ -570,6 +574,113 @@ impl Collector for McpMetrics {
             stats
                 .latency
                 .encode(e.encode_family(&[("tool", name.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+// ---------- gateway upstreams ----------
+
+/// One upstream's state and calls, updated by the gateway.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// 1 while at least one of its processes or connections is up.
+    pub up: AtomicU64,
+    /// 1 once a crash loop has parked one of its processes.
+    pub parked: AtomicU64,
+    pub restarts: AtomicU64,
+    /// Tools it has in the merged list.
+    pub tools: AtomicU64,
+    /// Its calls, by outcome (`ok` or `error`), with their latency.
+    pub calls: ToolStats,
+}
+
+#[derive(Debug, Default)]
+pub struct UpstreamMetrics {
+    list: Mutex<Vec<(String, Arc<UpstreamStats>)>>,
+}
+
+impl UpstreamMetrics {
+    /// The upstreams to export (replacing any set before).
+    pub fn export(&self, list: Vec<(String, Arc<UpstreamStats>)>) {
+        if let Ok(mut l) = self.list.lock() {
+            *l = list;
+        }
+    }
+}
+
+impl Collector for UpstreamMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let list = self.list.lock().map(|l| l.clone()).unwrap_or_default();
+        if list.is_empty() {
+            return Ok(());
+        }
+        for (metric, help, kind, get) in [
+            (
+                "gatehouse_upstream_up",
+                "1 while the upstream is reachable",
+                MetricType::Gauge,
+                (|s: &UpstreamStats| s.up.load(Relaxed)) as fn(&UpstreamStats) -> u64,
+            ),
+            (
+                "gatehouse_upstream_parked",
+                "1 when a crash loop parked the upstream until the configuration is reloaded",
+                MetricType::Gauge,
+                |s| s.parked.load(Relaxed),
+            ),
+            (
+                "gatehouse_upstream_tools",
+                "Tools the upstream has in the merged list",
+                MetricType::Gauge,
+                |s| s.tools.load(Relaxed),
+            ),
+            (
+                "gatehouse_upstream_restarts",
+                "Times the upstream's processes went down and were restarted",
+                MetricType::Counter,
+                |s| s.restarts.load(Relaxed),
+            ),
+        ] {
+            let gauge = matches!(kind, MetricType::Gauge);
+            let mut e = encoder.encode_descriptor(metric, help, None, kind)?;
+            for (name, stats) in &list {
+                let labels = [("upstream", name.as_str())];
+                let mut family = e.encode_family(&labels)?;
+                if gauge {
+                    family.encode_gauge(&get(stats))?;
+                } else {
+                    counter(&mut family, get(stats))?;
+                }
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "gatehouse_upstream_calls",
+            "Calls sent to the upstream, by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, stats) in &list {
+            for outcome in [ToolOutcome::Ok, ToolOutcome::Error] {
+                let labels = [("upstream", name.as_str()), ("outcome", outcome.as_str())];
+                counter(
+                    &mut e.encode_family(&labels)?,
+                    stats.calls.outcomes[outcome as usize].load(Relaxed),
+                )?;
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "gatehouse_upstream_call_duration_seconds",
+            "Latency of calls sent to the upstream",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (name, stats) in &list {
+            if stats.calls.latency.count() > 0 {
+                stats
+                    .calls
+                    .latency
+                    .encode(e.encode_family(&[("upstream", name.as_str())])?)?;
+            }
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use crate::limits::LocalCounter;
 use crate::mcp::auth::TokenCache;
 use crate::mcp::guard::OriginGuard;
 use crate::mcp::meter::Meter;
-use crate::mcp::tools::Registry;
+use crate::mcp::tools::{ExtraTools, Registry};
 use crate::metrics::Metrics;
 use crate::oauth::clients::ClientCache;
 use crate::storage::{StorageError, Store};
@@ -58,6 +58,8 @@ pub struct Shared {
     pub token_cache: Arc<TokenCache>,
     /// The tools, prompts and resources `/mcp` serves.
     pub tools: Arc<Registry>,
+    /// The gateway's upstream tools, served after `tools`.
+    pub extra_tools: Arc<ExtraTools>,
     /// Host and Origin checks for `/mcp`.
     pub mcp_guard: Arc<OriginGuard>,
     /// Tool-call metering, last-used times and audit rows waiting to be written.
@@ -208,6 +210,7 @@ impl AppState {
             client_cache: Arc::new(crate::oauth::clients::auth_cache()),
             token_cache: Arc::new(TokenCache::default()),
             tools: Arc::new(Registry::builtin()),
+            extra_tools: Arc::default(),
             mcp_guard,
             meter: Arc::new(Meter::default()),
             metrics,

@@ -231,6 +231,14 @@ impl ScopeCatalog {
         )
     }
 
+    /// Adds `scope` with `words` unless it is already defined (an operator's own words
+    /// in `extra_scopes` win over an upstream's default ones).
+    pub fn define_if_absent(&mut self, scope: &Scope, words: &str) {
+        if !self.contains(scope.as_str()) {
+            self.0.push((scope.clone(), words.to_owned()));
+        }
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(s, _)| s.as_str())
     }

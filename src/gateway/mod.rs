@@ -1,5 +1,658 @@
-//! The gateway (issue #15): upstream MCP servers and REST APIs served behind `/mcp`.
-//! Built in steps; so far only the naming rules exist. The MCP dispatcher will see
-//! upstreams only through a trait it owns, so `mcp` never imports this module.
+//! The gateway (issue #15): upstream MCP servers served behind `/mcp`.
+//!
+//! Each `[[upstream]]` becomes an [`Upstream`]: a link to the server (so far stdio
+//! processes, [`stdio`]) and its last tool listing. Whenever an upstream comes up, goes
+//! down or says its list changed, and every `gateway.list_refresh_secs`, the merged
+//! list is rebuilt: each selected upstream tool gets a portable public name
+//! ([`naming`]) and becomes an [`UpstreamTool`] in the MCP side's
+//! [`ExtraTools`](crate::mcp::tools::ExtraTools). `mcp` sees these only as its own
+//! `Tool` trait and never imports this module, so scope checks, roles, read-only
+//! organizations, quotas, idempotency keys, metering and audit apply to upstream tools
+//! exactly as to built-in ones.
+//!
+//! An upstream call never carries the caller's token or headers: it carries an
+//! [`identity`] token signed by Gatehouse for that upstream, tool and arguments.
 
+pub mod identity;
 pub mod naming;
+pub mod stdio;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::UpstreamConfig;
+use crate::config::upstream::Transport;
+use crate::mcp::tools::{
+    Annotations, MAX_DESCRIPTION_CHARS, Registry, Tool, ToolContext, ToolFuture, ToolResult,
+    ToolSpec,
+};
+use crate::metrics::{ToolOutcome, ToolStats, UpstreamStats};
+use crate::state::AppState;
+
+/// Why an upstream call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("it is unavailable: {0}")]
+    Down(String),
+    #[error("it did not answer within {0} s")]
+    Timeout(u64),
+    #[error("it answered with error {code}: {message}")]
+    Rpc { code: i64, message: String },
+    #[error("its answer was over {0} bytes (gateway.max_response_bytes)")]
+    TooLarge(usize),
+    #[error("it broke the protocol: {0}")]
+    Protocol(String),
+}
+
+/// What the links tell the gateway.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The upstream came up or went down.
+    Changed(String),
+    /// It sent a `list_changed` notification.
+    ListChanged(String),
+}
+
+/// An upstream's tool definitions as it listed them.
+type Listing = Vec<Map<String, Value>>;
+
+enum Link {
+    Stdio(stdio::StdioUpstream),
+}
+
+/// A tool the upstream offers that is not served, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub tool: String,
+    pub reason: String,
+}
+
+/// What the last listing and merge found, for `upstream check` and the logs.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// `(public name, upstream name)` of each tool served.
+    pub served: Vec<(String, String)>,
+    pub skipped: Vec<Skipped>,
+    /// Problems of served tools that clients tolerate (a description that was cut).
+    pub lint: Vec<String>,
+    /// The `tools/list` entries of this upstream, in bytes.
+    pub list_bytes: usize,
+}
+
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    link: Link,
+    /// The tools as last listed (empty while down).
+    tools: RwLock<Listing>,
+    report: Mutex<Report>,
+    pub stats: Arc<UpstreamStats>,
+}
+
+impl Upstream {
+    pub fn name(&self) -> &str {
+        self.config.name.as_str()
+    }
+
+    pub fn is_up(&self) -> bool {
+        match &self.link {
+            Link::Stdio(s) => s.is_up(),
+        }
+    }
+
+    /// `up`, or why not.
+    pub fn status(&self) -> String {
+        match &self.link {
+            Link::Stdio(s) if s.is_up() => "up".into(),
+            Link::Stdio(s) => s.why_down(),
+        }
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.stats
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn report(&self) -> Report {
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    async fn settled(&self) {
+        match &self.link {
+            Link::Stdio(s) => s.settled().await,
+        }
+    }
+
+    /// Reads the tool list again; an upstream that is down lists nothing.
+    async fn refresh(&self) {
+        let listed = match &self.link {
+            Link::Stdio(s) => match s.pick() {
+                Ok(conn) => tokio::time::timeout(
+                    self.config.timeout,
+                    stdio::list_all(&conn, "tools/list", "tools", 100),
+                )
+                .await
+                .unwrap_or(Err(CallError::Timeout(self.config.timeout.as_secs()))),
+                Err(e) => Err(e),
+            },
+        };
+        match listed {
+            Ok(tools) => {
+                if let Ok(mut t) = self.tools.write() {
+                    *t = tools;
+                }
+            }
+            // The last listing is kept: its tools leave tools/list while the upstream
+            // is down, but a call to one still gets an answer saying why it failed.
+            Err(e) => {
+                if self.is_up() {
+                    tracing::warn!(upstream = %self.name(), error = %e, "could not list the upstream's tools");
+                }
+            }
+        }
+    }
+
+    /// Calls the upstream's tool `tool`.
+    async fn call(
+        &self,
+        tool: &str,
+        arguments: Value,
+        identity: String,
+        progress: Option<mpsc::UnboundedSender<Value>>,
+    ) -> Result<Value, CallError> {
+        match &self.link {
+            Link::Stdio(s) => {
+                let conn = s.pick()?;
+                let params = json!({
+                    "name": tool,
+                    "arguments": arguments,
+                    "_meta": { identity::META_KEY: identity },
+                });
+                conn.request("tools/call", params, progress).await
+            }
+        }
+    }
+}
+
+/// The gateway: every upstream, and the task that keeps the merged list current.
+pub struct Gateway {
+    upstreams: Vec<Arc<Upstream>>,
+    stop: watch::Sender<bool>,
+    merger: tokio::task::JoinHandle<()>,
+}
+
+/// How long start-up waits for upstreams to come up before serving without them.
+const READY_WAIT: Duration = Duration::from_secs(10);
+
+impl Gateway {
+    /// Starts every configured upstream and waits (at most [`READY_WAIT`]) until each
+    /// has come up or failed once, so that the first `tools/list` already has them.
+    pub async fn start(state: AppState) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let gw = &state.config.gateway;
+        let upstreams: Vec<Arc<Upstream>> = gw
+            .upstreams
+            .iter()
+            .filter_map(|config| {
+                let stats = Arc::new(UpstreamStats::default());
+                let link = match &config.transport {
+                    Transport::Stdio {
+                        command,
+                        args,
+                        env,
+                        cwd,
+                        pool,
+                    } => {
+                        let mut vars: Vec<(String, String)> = env
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                            .collect();
+                        // Programs are found and scripts run through PATH; nothing else of
+                        // ours is passed on.
+                        if !env.contains_key("PATH")
+                            && let Ok(path) = std::env::var("PATH")
+                        {
+                            vars.push(("PATH".into(), path));
+                        }
+                        Link::Stdio(stdio::StdioUpstream::start(
+                            stdio::Settings {
+                                upstream: config.name.to_string(),
+                                spawn: stdio::Spawn {
+                                    command: command.clone(),
+                                    args: args.clone(),
+                                    env: vars,
+                                    cwd: cwd.clone(),
+                                },
+                                pool: *pool,
+                                timeout: config.timeout,
+                                max_line_bytes: gw.max_response_bytes,
+                                backoff: gw.restart_backoff,
+                                stats: stats.clone(),
+                            },
+                            events.clone(),
+                            stop_rx.clone(),
+                        ))
+                    }
+                    other => {
+                        tracing::error!(upstream = %config.name, transport = other.kind(), "this transport is not available yet; the upstream is not served");
+                        return None;
+                    }
+                };
+                Some(Arc::new(Upstream {
+                    config: config.clone(),
+                    link,
+                    tools: RwLock::default(),
+                    report: Mutex::default(),
+                    stats,
+                }))
+            })
+            .collect();
+        state.metrics.upstreams.export(
+            upstreams
+                .iter()
+                .map(|u| (u.name().to_owned(), u.stats.clone()))
+                .collect(),
+        );
+        let settle = futures_util::future::join_all(upstreams.iter().map(|u| u.settled()));
+        let _ = tokio::time::timeout(READY_WAIT, settle).await;
+        let merger = Merger {
+            state: state.clone(),
+            upstreams: upstreams.clone(),
+            stats: HashMap::new(),
+        };
+        let mut merger_state = merger;
+        merger_state.refresh_all().await;
+        let handle = tokio::spawn(merger_state.run(events_rx, stop_rx));
+        for u in &upstreams {
+            let r = u.report();
+            tracing::info!(upstream = %u.name(), status = %u.status(), tools = r.served.len(), skipped = r.skipped.len(), "upstream");
+        }
+        Self {
+            upstreams,
+            stop,
+            merger: handle,
+        }
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    /// Stops every upstream process (their whole process groups) and the merger.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.merger.abort();
+        for u in &self.upstreams {
+            match &u.link {
+                Link::Stdio(s) => {
+                    for slot in &s.slots {
+                        let mut rx = slot_health(slot);
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            rx.wait_for(|h| matches!(h, stdio::Health::Stopped)),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn slot_health(slot: &stdio::Slot) -> watch::Receiver<stdio::Health> {
+    slot.subscribe()
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Keeps [`ExtraTools`](crate::mcp::tools::ExtraTools) in step with the upstreams.
+struct Merger {
+    state: AppState,
+    upstreams: Vec<Arc<Upstream>>,
+    /// Each public tool's metrics, kept across rebuilds.
+    stats: HashMap<String, Arc<ToolStats>>,
+}
+
+impl Merger {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.state.config.gateway.list_refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let mut names: Vec<String> = Vec::new();
+            tokio::select! {
+                _ = tick.tick() => names.extend(self.upstreams.iter().map(|u| u.name().to_owned())),
+                e = events.recv() => match e {
+                    Some(Event::Changed(n) | Event::ListChanged(n)) => names.push(n),
+                    None => return,
+                },
+                _ = stdio::stopped(&mut stop) => return,
+            }
+            // Events that arrived meanwhile are handled in the same round.
+            while let Ok(Event::Changed(n) | Event::ListChanged(n)) = events.try_recv() {
+                names.push(n);
+            }
+            names.sort();
+            names.dedup();
+            for u in self
+                .upstreams
+                .iter()
+                .filter(|u| names.iter().any(|n| n == u.name()))
+            {
+                u.refresh().await;
+            }
+            self.merge();
+        }
+    }
+
+    async fn refresh_all(&mut self) {
+        let all = self.upstreams.iter().map(|u| u.refresh());
+        futures_util::future::join_all(all).await;
+        self.merge();
+    }
+
+    /// Builds the merged list from the last listings and puts it in place.
+    fn merge(&mut self) {
+        let builtin: Vec<&str> = self.state.tools.tool_names().collect();
+        let mut candidates = Vec::new();
+        let mut reports: BTreeMap<String, Report> = BTreeMap::new();
+        let listings: Vec<(Arc<Upstream>, Listing)> = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                (
+                    u.clone(),
+                    u.tools.read().map(|t| t.clone()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        for (order, (u, tools)) in listings.iter().enumerate() {
+            let report = reports.entry(u.name().to_owned()).or_default();
+            for def in tools {
+                let Some(tool) = def.get("name").and_then(Value::as_str) else {
+                    report.skipped.push(Skipped {
+                        tool: String::new(),
+                        reason: "a tool without a name".into(),
+                    });
+                    continue;
+                };
+                if !u.config.selects(tool) {
+                    report.skipped.push(Skipped {
+                        tool: tool.to_owned(),
+                        reason: "not selected by allow/deny".into(),
+                    });
+                    continue;
+                }
+                candidates.push((
+                    naming::Candidate {
+                        upstream: u.name().to_owned(),
+                        order,
+                        prefix: u.config.prefix.clone(),
+                        tool: tool.to_owned(),
+                    },
+                    u.clone(),
+                    def,
+                ));
+            }
+        }
+        let plain: Vec<naming::Candidate> = candidates.iter().map(|(c, _, _)| c.clone()).collect();
+        let (names, collisions) = naming::assign(&builtin, &plain);
+        for c in collisions {
+            tracing::warn!(upstream = %c.upstream, tool = %c.tool, wanted = %c.wanted, given = %c.given, "tool name collision resolved");
+            reports
+                .entry(c.upstream.clone())
+                .or_default()
+                .lint
+                .push(format!(
+                    "{}: the name {} was taken, so it is served as {}",
+                    c.tool, c.wanted, c.given
+                ));
+        }
+        let mut registry = Registry::empty();
+        let mut stats = HashMap::new();
+        let upstream_up: HashMap<&str, bool> = self
+            .upstreams
+            .iter()
+            .map(|u| (u.name(), u.is_up()))
+            .collect();
+        for ((candidate, upstream, def), public) in candidates.into_iter().zip(names) {
+            let report = reports.entry(candidate.upstream.clone()).or_default();
+            let (tool, lint) = match UpstreamTool::new(&public, &candidate.tool, def, upstream) {
+                Ok(t) => t,
+                Err(reason) => {
+                    report.skipped.push(Skipped {
+                        tool: candidate.tool,
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            let s = self.stats.get(&public).cloned().unwrap_or_default();
+            let up = upstream_up
+                .get(candidate.upstream.as_str())
+                .copied()
+                .unwrap_or(false);
+            match registry.add_tool_as(tool, s.clone(), up) {
+                Ok(definition) => {
+                    if up {
+                        report.list_bytes += serde_json::to_vec(definition).map_or(0, |v| v.len());
+                        report.served.push((public.clone(), candidate.tool.clone()));
+                    }
+                    report.lint.extend(lint);
+                    stats.insert(public, s);
+                }
+                Err(e) => report.skipped.push(Skipped {
+                    tool: candidate.tool,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        for u in &self.upstreams {
+            let r = reports.remove(u.name()).unwrap_or_default();
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            u.stats.up.store(u64::from(u.is_up()), relaxed);
+            u.stats.tools.store(r.served.len() as u64, relaxed);
+            if let Ok(mut slot) = u.report.lock() {
+                *slot = r;
+            }
+        }
+        self.stats = stats;
+        let mut exported = self.state.tools.tool_stats();
+        exported.extend(registry.tool_stats());
+        self.state.extra_tools.replace(registry);
+        self.state.metrics.mcp.export_tools(exported);
+    }
+}
+
+/// An upstream's tool, as the MCP side sees it.
+struct UpstreamTool {
+    spec: ToolSpec,
+    /// The tool's name at the upstream.
+    tool: String,
+    upstream: Arc<Upstream>,
+}
+
+impl UpstreamTool {
+    /// The tool for upstream definition `def`, served as `public`; with lint findings.
+    fn new(
+        public: &str,
+        tool: &str,
+        def: &Map<String, Value>,
+        upstream: Arc<Upstream>,
+    ) -> Result<(Self, Vec<String>), String> {
+        let mut lint = Vec::new();
+        let mut description = def
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let chars = description.chars().count();
+        if chars >= MAX_DESCRIPTION_CHARS {
+            description = description
+                .chars()
+                .take(MAX_DESCRIPTION_CHARS - 2)
+                .collect();
+            description.push('…');
+            lint.push(format!(
+                "{tool}: its description of {chars} characters was cut to {MAX_DESCRIPTION_CHARS}"
+            ));
+        }
+        let input = def
+            .get("inputSchema")
+            .cloned()
+            .ok_or_else(|| "it has no inputSchema".to_owned())?;
+        let scopes: Vec<String> = upstream
+            .config
+            .scopes_for(tool)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let scope_refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        let mut spec = ToolSpec::new(public, description)
+            .map_err(|e| e.to_string())?
+            .input_schema(input)
+            .annotations(Annotations::from_hints(def.get("annotations")))
+            .scopes(&scope_refs)
+            .map_err(|e| e.to_string())?
+            .published_as(def);
+        if let Some(out) = def.get("outputSchema") {
+            spec = spec.output_schema(out.clone());
+        }
+        Ok((
+            Self {
+                spec,
+                tool: tool.to_owned(),
+                upstream,
+            },
+            lint,
+        ))
+    }
+}
+
+impl Tool for UpstreamTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, ctx: ToolContext, args: Map<String, Value>) -> ToolFuture<'_> {
+        Box::pin(async move {
+            let u = &self.upstream;
+            let arguments = Value::Object(args);
+            let identity = match identity_token(&ctx, u, &self.tool, &arguments) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not sign an identity token");
+                    return ToolResult::coded_error(
+                        "UPSTREAM_UNAVAILABLE",
+                        "Gatehouse could not sign the call's identity token; try again shortly",
+                    );
+                }
+            };
+            let (tx, mut rx) = if ctx.wants_progress() {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            let timeout = u.config.timeout;
+            let started = std::time::Instant::now();
+            let call = tokio::time::timeout(timeout, u.call(&self.tool, arguments, identity, tx));
+            tokio::pin!(call);
+            let forward = |p: Value| {
+                let progress = p.get("progress").and_then(Value::as_f64).unwrap_or(0.0);
+                let total = p.get("total").and_then(Value::as_f64);
+                ctx.progress(progress, total, p.get("message").and_then(Value::as_str));
+            };
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut call => break r.unwrap_or(Err(CallError::Timeout(timeout.as_secs()))),
+                    Some(p) = async { match rx.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => forward(p),
+                }
+            };
+            // Progress sent just before the answer is still on its way here.
+            if let Some(rx) = rx.as_mut() {
+                while let Ok(p) = rx.try_recv() {
+                    forward(p);
+                }
+            }
+            let failed = !matches!(&outcome, Ok(Value::Object(_)));
+            u.stats.calls.record(
+                if failed {
+                    ToolOutcome::Error
+                } else {
+                    ToolOutcome::Ok
+                },
+                started.elapsed(),
+            );
+            match outcome {
+                Ok(Value::Object(mut m)) => {
+                    if !m.get("content").is_some_and(Value::is_array) {
+                        m.insert("content".into(), json!([]));
+                    }
+                    ToolResult::Forwarded(m)
+                }
+                Ok(_) => upstream_error(
+                    u,
+                    &CallError::Protocol("the result is not an object".into()),
+                ),
+                Err(e) => {
+                    tracing::warn!(upstream = %u.name(), tool = %self.tool, error = %e, "upstream call failed");
+                    upstream_error(u, &e)
+                }
+            }
+        })
+    }
+}
+
+fn upstream_error(u: &Upstream, e: &CallError) -> ToolResult {
+    let code = match e {
+        CallError::Timeout(_) => "UPSTREAM_TIMEOUT",
+        CallError::Rpc { .. } => "UPSTREAM_ERROR",
+        CallError::Down(_) => "UPSTREAM_UNAVAILABLE",
+        CallError::TooLarge(_) | CallError::Protocol(_) => "UPSTREAM_ERROR",
+    };
+    ToolResult::coded_error(code, format!("the upstream {:?} failed: {e}", u.name()))
+}
+
+fn identity_token(
+    ctx: &ToolContext,
+    u: &Upstream,
+    tool: &str,
+    arguments: &Value,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let caller = &ctx.caller;
+    let now = ctx.state.clock.now();
+    let claims = identity::IdentityClaims {
+        iss: ctx.state.config.server.public_url.clone(),
+        aud: u.config.audience.clone(),
+        sub: caller.user_id.clone(),
+        org: caller.org_id.clone(),
+        roles: caller
+            .standing
+            .role
+            .map(|r| vec![r.as_str().to_owned()])
+            .unwrap_or_default(),
+        scope: caller.scopes.to_string(),
+        client_id: caller.client_id.clone(),
+        credential: caller.kind.as_str().to_owned(),
+        tool: tool.to_owned(),
+        args_sha256: identity::args_digest(arguments),
+        jti: crate::crypto::random::id("idt"),
+        iat: now,
+        exp: now + ctx.state.config.gateway.identity_ttl_secs,
+    };
+    identity::sign(&ctx.state.keys.current(), &claims)
+}

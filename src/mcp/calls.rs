@@ -32,7 +32,15 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
         return Reply::Error(RpcError::invalid_params("invalid params: name is required"));
     };
     let registry = req.state.tools.clone();
-    let Some(registered) = registry.find_tool(name) else {
+    let extra;
+    let found = match registry.find_tool(name) {
+        Some(t) => Some(t),
+        None => {
+            extra = req.state.extra_tools.current();
+            extra.find_tool(name)
+        }
+    };
+    let Some(registered) = found else {
         return Reply::Error(RpcError::invalid_params(format!(
             "unknown tool: {}",
             rpc::clip(name)
@@ -228,6 +236,8 @@ impl Call {
             .record_call(&caller, &self.name, now, result.is_error(), elapsed);
         let outcome = match &result {
             _ if refused => ToolOutcome::Refused,
+            ToolResult::Forwarded(_) if result.is_error() => ToolOutcome::Error,
+            ToolResult::Forwarded(_) => ToolOutcome::Ok,
             ToolResult::Complete {
                 is_error: false, ..
             }
@@ -241,6 +251,8 @@ impl Call {
         if !self.tool.spec().annotations_ref().read_only && !caller.org_id.is_empty() {
             // Calls that may change something are audited, in the next batch.
             let outcome = match &result {
+                ToolResult::Forwarded(_) if result.is_error() => "error",
+                ToolResult::Forwarded(_) => "ok",
                 ToolResult::Complete {
                     is_error: false, ..
                 }
@@ -447,6 +459,16 @@ async fn idempotent(
         ToolResult::Structured(json) => serde_json::to_string(&StoredResult {
             content: vec![Content::text(json.get())],
             structured: Some(json.to_value()),
+            is_error: false,
+        })
+        .ok(),
+        // An upstream's result is kept without its `_meta`, which may be per call.
+        ToolResult::Forwarded(m) if !result.is_error() => serde_json::to_string(&StoredResult {
+            content: match m.get("content") {
+                Some(Value::Array(c)) => c.clone(),
+                _ => Vec::new(),
+            },
+            structured: m.get("structuredContent").cloned(),
             is_error: false,
         })
         .ok(),

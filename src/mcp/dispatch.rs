@@ -264,8 +264,18 @@ fn page<T>(
     Ok(out)
 }
 
+/// The registry's own tools, then the gateway's upstream tools.
 fn list_tools(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
-    page(req, registry.tools(), "tools", |t| t.definition.clone())
+    let extra = req.state.extra_tools.current();
+    if extra.tools().is_empty() {
+        return page(req, registry.tools(), "tools", |t| t.definition.clone());
+    }
+    let all: Vec<&super::tools::RegisteredTool> = registry
+        .tools()
+        .iter()
+        .chain(extra.tools().iter().filter(|t| t.listed))
+        .collect();
+    page(req, &all, "tools", |t| t.definition.clone())
 }
 
 fn list_prompts(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod clients;
+mod gateway;
 mod health;
 mod legacy_sse;
 mod lifecycle;

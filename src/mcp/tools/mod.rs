@@ -87,6 +87,25 @@ pub struct Annotations {
 }
 
 impl Annotations {
+    /// A definition's `annotations` as MCP reads them: an absent hint takes the
+    /// specification's default (not read-only, destructive, not idempotent, open world).
+    pub fn from_hints(annotations: Option<&Value>) -> Self {
+        let hint = |k: &str, default: bool| {
+            annotations
+                .and_then(|a| a.get(k))
+                .and_then(Value::as_bool)
+                .unwrap_or(default)
+        };
+        let read_only = hint("readOnlyHint", false);
+        Self {
+            read_only,
+            // Hints about writes mean nothing for a read-only tool.
+            destructive: !read_only && hint("destructiveHint", true),
+            idempotent: read_only || hint("idempotentHint", false),
+            open_world: hint("openWorldHint", true),
+        }
+    }
+
     /// Reads and changes nothing.
     pub const READ_ONLY: Self = Self {
         read_only: true,
@@ -126,6 +145,8 @@ pub struct ToolSpec {
     notifies: bool,
     /// Top-level `oneOf`/`anyOf`/`allOf` allowed (see [`ToolSpec::allow_unportable_schema`]).
     unportable_schema: bool,
+    /// Fields of a definition published as they are (see [`ToolSpec::published_as`]).
+    verbatim: Option<Map<String, Value>>,
 }
 
 impl ToolSpec {
@@ -144,6 +165,7 @@ impl ToolSpec {
             returns_secret: false,
             notifies: true,
             unportable_schema: false,
+            verbatim: None,
         })
     }
 
@@ -196,6 +218,19 @@ impl ToolSpec {
     /// 2020-12 fixture; a warning is logged when such a tool is registered.
     pub fn allow_unportable_schema(mut self) -> Self {
         self.unportable_schema = true;
+        self
+    }
+
+    /// Publishes these fields of another server's definition as they are (its
+    /// `annotations`, `title`, `icons`, `_meta` and whatever a later revision adds),
+    /// instead of the ones this spec would render. `name`, `description` and the
+    /// schemas still come from the spec; Gatehouse's own `_meta` entry is added.
+    pub fn published_as(mut self, definition: &Map<String, Value>) -> Self {
+        let mut kept = definition.clone();
+        for k in ["name", "description", "inputSchema", "outputSchema"] {
+            kept.remove(k);
+        }
+        self.verbatim = Some(kept);
         self
     }
 
@@ -286,6 +321,20 @@ impl ToolSpec {
             }
             def["_meta"] = json!({ "dev.gatehouse/requires": meta });
         }
+        if let (Some(verbatim), Some(obj)) = (&self.verbatim, def.as_object_mut()) {
+            let ours = obj.remove("_meta");
+            obj.remove("annotations");
+            obj.remove("title");
+            for (k, v) in verbatim {
+                obj.insert(k.clone(), v.clone());
+            }
+            if let Some(Value::Object(ours)) = ours {
+                let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+                if let Some(meta) = meta.as_object_mut() {
+                    meta.extend(ours);
+                }
+            }
+        }
         def
     }
 }
@@ -337,6 +386,9 @@ pub enum ToolResult {
     /// for older clients and `structuredContent`, and the response is written around it
     /// instead of rebuilding it as a tree (a fifth of a `whoami` call's instructions).
     Structured(RawJson),
+    /// A `CallToolResult` from another server (an upstream), passed on as it came:
+    /// `content`, `structuredContent`, `isError` and `_meta` unchanged.
+    Forwarded(Map<String, Value>),
 }
 
 /// Serialized JSON that is known to be valid, compared by its text.
@@ -414,7 +466,11 @@ impl ToolResult {
     }
 
     pub fn is_error(&self) -> bool {
-        matches!(self, Self::Complete { is_error: true, .. })
+        match self {
+            Self::Complete { is_error, .. } => *is_error,
+            Self::Forwarded(m) => m.get("isError").and_then(Value::as_bool) == Some(true),
+            _ => false,
+        }
     }
 
     /// The result, or, when it would be over [`MAX_RESULT_BYTES`] on the wire, as much
@@ -449,6 +505,22 @@ impl ToolResult {
                     };
                 }
                 cut(content, structured.is_some(), is_error, size)
+            }
+            Self::Forwarded(m) => {
+                let whole = Value::Object(m);
+                let size = wire_len(&whole);
+                let Value::Object(mut m) = whole else {
+                    return Self::error("the upstream's result was not an object");
+                };
+                if size < MAX_RESULT_BYTES {
+                    return Self::Forwarded(m);
+                }
+                let is_error = m.get("isError").and_then(Value::as_bool) == Some(true);
+                let content = match m.remove("content") {
+                    Some(Value::Array(c)) => c,
+                    _ => Vec::new(),
+                };
+                cut(content, m.contains_key("structuredContent"), is_error, size)
             }
             other => other,
         }
@@ -511,6 +583,7 @@ impl ToolResult {
                 out.insert("isError".into(), Value::Bool(false));
                 out.insert("structuredContent".into(), json.to_value());
             }
+            Self::Forwarded(m) => return Value::Object(m),
         }
         Value::Object(out)
     }
@@ -587,6 +660,11 @@ impl ToolContext {
 
     pub fn request(&self) -> &RequestExtras {
         &self.request
+    }
+
+    /// Whether the client asked for progress and can receive it on this call.
+    pub fn wants_progress(&self) -> bool {
+        self.notifier.tx.is_some() && self.notifier.progress_token.is_some()
     }
 
     /// Reports progress when the client asked for it (`_meta.progressToken`); otherwise a no-op.
@@ -744,6 +822,9 @@ pub(crate) struct RegisteredTool {
     validator: jsonschema::Validator,
     /// This tool's calls, outcomes and latency, for `/metrics`.
     pub stats: Arc<crate::metrics::ToolStats>,
+    /// Whether `tools/list` shows it. An unlisted tool can still be called (an
+    /// upstream's tool while the upstream is down answers with why).
+    pub listed: bool,
 }
 
 impl RegisteredTool {
@@ -762,6 +843,28 @@ impl RegisteredTool {
                 format!("{field}: {e}")
             })
             .collect()
+    }
+}
+
+/// Tools served after the registry's own and replaced as a whole when they change: the
+/// gateway's upstream tools. The MCP side owns this and sees only [`Tool`]s in it.
+#[derive(Default)]
+pub struct ExtraTools(std::sync::RwLock<Arc<Registry>>);
+
+impl ExtraTools {
+    pub fn current(&self) -> Arc<Registry> {
+        match self.0.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, registry: Registry) {
+        let fresh = Arc::new(registry);
+        match self.0.write() {
+            Ok(mut r) => *r = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
     }
 }
 
@@ -786,6 +889,26 @@ impl Registry {
     }
 
     pub fn add_tool(&mut self, tool: impl Tool + 'static) -> Result<(), RegistryError> {
+        self.add_tool_with_stats(tool, Arc::default()).map(|_| ())
+    }
+
+    /// As [`Registry::add_tool`], counting into `stats` (kept by a caller that rebuilds
+    /// registries, so counts survive); returns the published definition.
+    pub fn add_tool_with_stats(
+        &mut self,
+        tool: impl Tool + 'static,
+        stats: Arc<crate::metrics::ToolStats>,
+    ) -> Result<&Value, RegistryError> {
+        self.add_tool_as(tool, stats, true)
+    }
+
+    /// As [`Registry::add_tool_with_stats`], left out of `tools/list` unless `listed`.
+    pub fn add_tool_as(
+        &mut self,
+        tool: impl Tool + 'static,
+        stats: Arc<crate::metrics::ToolStats>,
+        listed: bool,
+    ) -> Result<&Value, RegistryError> {
         let spec = tool.spec();
         let name = spec.name().to_owned();
         if self.by_name.contains_key(&name) {
@@ -834,9 +957,10 @@ impl Registry {
             tool: Arc::new(tool),
             definition,
             validator,
-            stats: Arc::default(),
+            stats,
+            listed,
         });
-        Ok(())
+        Ok(&self.tools[self.tools.len() - 1].definition)
     }
 
     /// Builder form of [`Registry::add_tool`].

@@ -14,6 +14,10 @@ use crate::crypto::keys::Kek;
 use crate::domain::Email;
 use crate::domain::limit::{Rate, TrustedProxies};
 
+pub mod upstream;
+
+pub use upstream::UpstreamConfig;
+
 pub const ENV_PREFIX: &str = "GATEHOUSE__";
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,33 @@ struct RawConfig {
     keys: RawKeys,
     log: RawLog,
     traces: RawTraces,
+    gateway: RawGateway,
+    /// `[[upstream]]` tables, checked by [`upstream::check`].
+    upstream: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGateway {
+    #[serde(deserialize_with = "lenient")]
+    list_refresh_secs: u64,
+    #[serde(deserialize_with = "lenient")]
+    identity_ttl_secs: u64,
+    #[serde(deserialize_with = "lenient")]
+    max_response_bytes: u64,
+    #[serde(deserialize_with = "lenient")]
+    restart_backoff_ms: u64,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        Self {
+            list_refresh_secs: 300,
+            identity_ttl_secs: 60,
+            max_response_bytes: 4 * 1024 * 1024,
+            restart_backoff_ms: 500,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -432,6 +463,21 @@ pub struct Config {
     pub keys: KeysConfig,
     pub log: LogConfig,
     pub traces: TracesConfig,
+    pub gateway: GatewayConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The `[[upstream]]` tables, in configuration order (which decides name collisions).
+    pub upstreams: Vec<UpstreamConfig>,
+    /// How often each upstream's lists are read again when it sends no `list_changed`.
+    pub list_refresh: Duration,
+    /// Lifetime of the identity token sent with each upstream call (at most 60 s).
+    pub identity_ttl_secs: i64,
+    /// The most read from an upstream for one answer.
+    pub max_response_bytes: usize,
+    /// The first wait before a stdio upstream is restarted (doubling, at most 30 s).
+    pub restart_backoff: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -631,11 +677,21 @@ impl Config {
             None => toml::Table::new(),
         };
         let mut origins = Origins(BTreeMap::new());
-        for (name, value) in env {
+        let mut upstream_env = BTreeMap::new();
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let lookup = |var: &str| env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone());
+        for (name, value) in env.iter().cloned() {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
             let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            if let [section, upstream_name, key] = parts.as_slice()
+                && section == "upstream"
+            {
+                let at = upstream::apply_env(&mut table, &name, upstream_name, key, value)?;
+                upstream_env.insert(at, name.clone());
+                continue;
+            }
             let [section, key] = parts.as_slice() else {
                 return Err(ConfigError::Key {
                     origin: format!("environment variable {name}"),
@@ -668,7 +724,7 @@ impl Config {
                     origins.error(&path, message)
                 }
             })?;
-        Self::check(raw, &origins)
+        Self::check(raw, &origins, &upstream_env, &lookup)
     }
 
     /// The built-in defaults, with nothing read from a file or the environment.
@@ -676,7 +732,12 @@ impl Config {
         Self::load_from(None, std::iter::empty())
     }
 
-    fn check(raw: RawConfig, o: &Origins) -> Result<Self, ConfigError> {
+    fn check(
+        mut raw: RawConfig,
+        o: &Origins,
+        upstream_env: &BTreeMap<String, String>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let bind: SocketAddr = raw.server.bind.parse().map_err(|_| {
             o.error(
                 "server.bind",
@@ -769,8 +830,39 @@ impl Config {
         let owner_email = Email::parse(&raw.bootstrap.owner_email)
             .map_err(|e| o.error("bootstrap.owner_email", e))?;
 
-        let scopes = crate::domain::scope::ScopeCatalog::with_extra(&raw.oauth.extra_scopes)
+        let mut scopes = crate::domain::scope::ScopeCatalog::with_extra(&raw.oauth.extra_scopes)
             .map_err(|e| o.error("oauth.extra_scopes", e))?;
+        let upstreams = upstream::check(raw.upstream.take(), upstream_env, lookup, &mut scopes)?;
+        let gateway = GatewayConfig {
+            upstreams,
+            list_refresh: Duration::from_secs(
+                Some(raw.gateway.list_refresh_secs)
+                    .filter(|s| (5..=86_400).contains(s))
+                    .ok_or_else(|| {
+                        o.error("gateway.list_refresh_secs", "must be between 5 and 86400")
+                    })?,
+            ),
+            identity_ttl_secs: Some(raw.gateway.identity_ttl_secs)
+                .filter(|s| (5..=60).contains(s))
+                .and_then(|s| i64::try_from(s).ok())
+                .ok_or_else(|| o.error("gateway.identity_ttl_secs", "must be between 5 and 60"))?,
+            max_response_bytes: usize::try_from(raw.gateway.max_response_bytes)
+                .ok()
+                .filter(|n| (1024..=256 * 1024 * 1024).contains(n))
+                .ok_or_else(|| {
+                    o.error(
+                        "gateway.max_response_bytes",
+                        "must be between 1024 and 268435456",
+                    )
+                })?,
+            restart_backoff: Duration::from_millis(
+                Some(raw.gateway.restart_backoff_ms)
+                    .filter(|ms| (10..=60_000).contains(ms))
+                    .ok_or_else(|| {
+                        o.error("gateway.restart_backoff_ms", "must be between 10 and 60000")
+                    })?,
+            ),
+        };
         let default_scopes = scopes
             .parse_known(&raw.oauth.default_scopes)
             .map_err(|e| o.error("oauth.default_scopes", e))?;
@@ -1102,6 +1194,7 @@ impl Config {
                 filter: raw.log.filter,
             },
             traces: TracesConfig { otlp },
+            gateway,
         })
     }
 }
@@ -1196,6 +1289,10 @@ pub fn known_keys() -> BTreeSet<&'static str> {
         "traces.otlp_protocol",
         "traces.service_name",
         "traces.sample_ratio",
+        "gateway.list_refresh_secs",
+        "gateway.identity_ttl_secs",
+        "gateway.max_response_bytes",
+        "gateway.restart_backoff_ms",
     ]
     .into_iter()
     .collect()
@@ -1543,7 +1640,7 @@ mod tests {
 
     #[test]
     fn example_file_documents_every_key_and_parses() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         for key in known_keys() {
             let (section, name) = key.split_once('.').unwrap();
             let env_name = format!(

@@ -1,0 +1,373 @@
+//! A small MCP server for Gatehouse's own tests and benchmarks: an upstream behind the
+//! gateway, over stdio (newline-delimited JSON-RPC). Not part of a deployment.
+//!
+//! When `TEST_UPSTREAM_JWKS_URL` is set, every `tools/call` must carry a valid identity
+//! token in `_meta["dev.gatehouse/identity"]`, checked as a real upstream would:
+//! signature against the JWKS, `typ`, `iss` (`TEST_UPSTREAM_ISSUER`), `aud`
+//! (`TEST_UPSTREAM_AUDIENCE`), expiry, a lifetime of at most 60 s, the tool, and the
+//! digest of the arguments. A call that fails the check gets an error result saying why.
+//!
+//! Other settings: `TEST_UPSTREAM_EXIT_AT_START` (a message: written to stderr, then
+//! exit 2, for crash loops), `TEST_UPSTREAM_PAGE` (tools per `tools/list` page, 4),
+//! `TEST_UPSTREAM_VARIANT` (changes the `echo` description, for pinning tests).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gatehouse::gateway::identity::{self, IdentityClaims};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Mutex, mpsc};
+
+static INITIALIZED: AtomicU64 = AtomicU64::new(0);
+static CANCELLED: AtomicU64 = AtomicU64::new(0);
+
+fn tools() -> Vec<Value> {
+    let variant = std::env::var("TEST_UPSTREAM_VARIANT").unwrap_or_default();
+    let echo_description = if variant.is_empty() {
+        "Echoes its text back.".to_owned()
+    } else {
+        format!("Echoes its text back ({variant}).")
+    };
+    let read_only = json!({ "readOnlyHint": true, "openWorldHint": false });
+    vec![
+        json!({
+            "name": "echo", "title": "Echo", "description": echo_description,
+            "inputSchema": { "type": "object", "properties": { "text": { "type": "string" } }, "required": ["text"] },
+            "outputSchema": { "type": "object", "properties": { "text": { "type": "string" } }, "required": ["text"] },
+            "annotations": read_only,
+            "_meta": { "ui": { "resourceUri": "ui://test/echo.html" } },
+        }),
+        json!({
+            "name": "add", "description": "Adds two numbers.",
+            "inputSchema": { "type": "object", "properties": { "a": { "type": "number" }, "b": { "type": "number" } }, "required": ["a", "b"] },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "whoami", "description": "What the upstream was told about the caller.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "write_note", "description": "Saves a note (a write without annotations).",
+            "inputSchema": { "type": "object", "properties": { "note": { "type": "string" } }, "required": ["note"] },
+        }),
+        json!({
+            "name": "slow", "description": "Reports progress for each step, then answers.",
+            "inputSchema": { "type": "object", "properties": { "steps": { "type": "integer" }, "delay_ms": { "type": "integer" } } },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "hang", "description": "Never answers.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "cancelled", "description": "How many cancellations this process received.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "crash", "description": "Exits the process.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "env", "description": "The names of this process's environment variables.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "big", "description": "Answers with this many bytes of text.",
+            "inputSchema": { "type": "object", "properties": { "bytes": { "type": "integer" } }, "required": ["bytes"] },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "pid", "description": "This process's id and how often it was initialized.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "dotted.name/v1", "description": "A name only some clients accept.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "unportable", "description": "A top-level oneOf, which Claude refuses.",
+            "inputSchema": { "type": "object", "oneOf": [ { "required": ["a"] }, { "required": ["b"] } ], "properties": { "a": {}, "b": {} } },
+        }),
+    ]
+}
+
+struct Verifier {
+    url: String,
+    /// Fetched at the first call: Gatehouse starts its upstreams before it serves.
+    jwks: tokio::sync::OnceCell<Value>,
+    issuer: String,
+    audience: String,
+}
+
+impl Verifier {
+    fn from_env() -> Option<Self> {
+        Some(Self {
+            url: std::env::var("TEST_UPSTREAM_JWKS_URL").ok()?,
+            jwks: tokio::sync::OnceCell::new(),
+            issuer: std::env::var("TEST_UPSTREAM_ISSUER").unwrap_or_default(),
+            audience: std::env::var("TEST_UPSTREAM_AUDIENCE").unwrap_or_default(),
+        })
+    }
+
+    /// The token's claims, if it is a valid identity token for this call.
+    async fn check(&self, token: &str, tool: &str, args: &Value) -> Result<IdentityClaims, String> {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let jwks = self
+            .jwks
+            .get_or_init(|| async {
+                match reqwest::get(&self.url).await {
+                    Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
+                    Err(_) => Value::Null,
+                }
+            })
+            .await;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
+        if header.typ.as_deref() != Some(identity::TYP) || header.alg != Algorithm::EdDSA {
+            return Err("not an identity token".into());
+        }
+        let kid = header.kid.ok_or("no kid")?;
+        let key = jwks["keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|k| k["kid"] == json!(kid)))
+            .ok_or("unknown kid")?;
+        let x = key["x"].as_str().ok_or("key without x")?;
+        let decoding = DecodingKey::from_ed_components(x).map_err(|e| e.to_string())?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_audience(&[&self.audience]);
+        v.set_issuer(&[&self.issuer]);
+        v.leeway = 0;
+        let data = jsonwebtoken::decode::<IdentityClaims>(token, &decoding, &v)
+            .map_err(|e| format!("rejected: {e}"))?;
+        let c = data.claims;
+        if c.exp - c.iat > 60 {
+            return Err("lives longer than 60 s".into());
+        }
+        if c.tool != tool {
+            return Err(format!("issued for tool {:?}", c.tool));
+        }
+        if c.args_sha256 != identity::args_digest(args) {
+            return Err("issued for other arguments".into());
+        }
+        Ok(c)
+    }
+}
+
+type Out = mpsc::UnboundedSender<Value>;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if let Ok(message) = std::env::var("TEST_UPSTREAM_EXIT_AT_START") {
+        eprintln!("{message}");
+        std::process::exit(2);
+    }
+    let verifier = Arc::new(Verifier::from_env());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(msg) = rx.recv().await {
+            let mut line = serde_json::to_vec(&msg).unwrap_or_default();
+            line.push(b'\n');
+            while let Ok(more) = rx.try_recv() {
+                line.extend(serde_json::to_vec(&more).unwrap_or_default());
+                line.push(b'\n');
+            }
+            if stdout.write_all(&line).await.is_err() || stdout.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let hanging: Arc<Mutex<HashMap<String, ()>>> = Arc::default();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let tx = tx.clone();
+        let verifier = verifier.clone();
+        let hanging = hanging.clone();
+        tokio::spawn(async move { handle(msg, tx, verifier, hanging).await });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn handle(
+    msg: Map<String, Value>,
+    out: Out,
+    verifier: Arc<Option<Verifier>>,
+    hanging: Arc<Mutex<HashMap<String, ()>>>,
+) {
+    let method = msg
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let params = msg.get("params").cloned().unwrap_or(json!({}));
+    let Some(id) = msg.get("id").cloned() else {
+        if method == "notifications/cancelled" {
+            CANCELLED.fetch_add(1, Ordering::Relaxed);
+            let id = params["requestId"].to_string();
+            hanging.lock().await.remove(&id);
+        }
+        return;
+    };
+    let reply = |result: Value| json!({ "jsonrpc": "2.0", "id": id, "result": result });
+    let answer = match method {
+        "initialize" => {
+            INITIALIZED.fetch_add(1, Ordering::Relaxed);
+            reply(json!({
+                "protocolVersion": params["protocolVersion"].as_str().unwrap_or("2025-06-18"),
+                "capabilities": { "tools": { "listChanged": true } },
+                "serverInfo": { "name": "gatehouse-test-upstream", "version": "1" },
+            }))
+        }
+        "ping" => reply(json!({})),
+        "tools/list" => {
+            let page: usize = std::env::var("TEST_UPSTREAM_PAGE")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(4);
+            let all = tools();
+            let start: usize = params["cursor"]
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let end = (start + page).min(all.len());
+            let mut result = json!({ "tools": all[start.min(end)..end] });
+            if end < all.len() {
+                result["nextCursor"] = json!(end.to_string());
+            }
+            reply(result)
+        }
+        "tools/call" => {
+            let name = params["name"].as_str().unwrap_or_default().to_owned();
+            let args = params.get("arguments").cloned().unwrap_or(json!({}));
+            let meta = params.get("_meta").cloned().unwrap_or(json!({}));
+            let claims = match verifier.as_ref() {
+                Some(v) => match meta[identity::META_KEY].as_str() {
+                    Some(token) => match v.check(token, &name, &args).await {
+                        Ok(c) => Some(c),
+                        Err(why) => {
+                            let _ =
+                                out.send(reply(error_result(&format!("IDENTITY_REJECTED: {why}"))));
+                            return;
+                        }
+                    },
+                    None => {
+                        let _ =
+                            out.send(reply(error_result("IDENTITY_REJECTED: no identity token")));
+                        return;
+                    }
+                },
+                None => None,
+            };
+            match call(&name, &args, &meta, claims, &out, &id).await {
+                Some(result) => reply(result),
+                None => {
+                    hanging.lock().await.insert(id.to_string(), ());
+                    return;
+                }
+            }
+        }
+        _ => {
+            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32601, "message": format!("no method {method}") } })
+        }
+    };
+    let _ = out.send(answer);
+}
+
+fn error_result(text: &str) -> Value {
+    json!({ "content": [{ "type": "text", "text": text }], "isError": true })
+}
+
+fn text_result(text: &str) -> Value {
+    json!({ "content": [{ "type": "text", "text": text }], "isError": false })
+}
+
+/// The result of a call, or `None` for one that never answers.
+async fn call(
+    name: &str,
+    args: &Value,
+    meta: &Value,
+    claims: Option<IdentityClaims>,
+    out: &Out,
+    id: &Value,
+) -> Option<Value> {
+    let _ = id;
+    Some(match name {
+        "echo" => {
+            let text = args["text"].as_str().unwrap_or_default();
+            json!({
+                "content": [{ "type": "text", "text": text }],
+                "structuredContent": { "text": text },
+                "isError": false,
+                "_meta": { "test/echoed": true },
+            })
+        }
+        "add" => {
+            let sum = args["a"].as_f64().unwrap_or(0.0) + args["b"].as_f64().unwrap_or(0.0);
+            json!({ "content": [{ "type": "text", "text": sum.to_string() }], "structuredContent": { "sum": sum }, "isError": false })
+        }
+        "whoami" | "write_note" => {
+            let meta_keys: Vec<&String> = meta
+                .as_object()
+                .map(|m| m.keys().collect())
+                .unwrap_or_default();
+            // The token itself too, so a test can check that nothing else accepts it.
+            let seen = json!({
+                "claims": claims,
+                "meta_keys": meta_keys,
+                "arguments": args,
+                "identity_token": meta[identity::META_KEY],
+            });
+            json!({ "content": [{ "type": "text", "text": seen.to_string() }], "structuredContent": seen, "isError": false })
+        }
+        "slow" => {
+            let steps = args["steps"].as_u64().unwrap_or(3);
+            let delay = args["delay_ms"].as_u64().unwrap_or(50);
+            for i in 1..=steps {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                if let Some(token) = meta.get("progressToken") {
+                    let _ = out.send(json!({
+                        "jsonrpc": "2.0", "method": "notifications/progress",
+                        "params": { "progressToken": token, "progress": i, "total": steps, "message": format!("step {i}") },
+                    }));
+                }
+            }
+            text_result("done")
+        }
+        "hang" => return None,
+        "cancelled" => text_result(&CANCELLED.load(Ordering::Relaxed).to_string()),
+        "crash" => {
+            eprintln!("crashing on purpose");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::process::exit(3);
+        }
+        "env" => {
+            let mut names: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+            names.sort();
+            json!({ "content": [{ "type": "text", "text": names.join(" ") }], "structuredContent": { "names": names }, "isError": false })
+        }
+        "big" => text_result(&"x".repeat(args["bytes"].as_u64().unwrap_or(0) as usize)),
+        "pid" => {
+            let info = json!({ "pid": std::process::id(), "initialized": INITIALIZED.load(Ordering::Relaxed) });
+            json!({ "content": [{ "type": "text", "text": info.to_string() }], "structuredContent": info, "isError": false })
+        }
+        "dotted.name/v1" => text_result("dotted"),
+        "unportable" => text_result("unportable"),
+        other => {
+            return Some(
+                json!({ "content": [{ "type": "text", "text": format!("unknown tool {other}") }], "isError": true }),
+            );
+        }
+    })
+}

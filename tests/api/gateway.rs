@@ -1,0 +1,622 @@
+//! The gateway (issue #15) with our own MCP test server (`gatehouse-test-upstream`)
+//! over stdio: merged lists, calls, names, filters, scopes, identity tokens, crashes,
+//! hangs, concurrency, progress and metrics.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestApp, cli_env, spawn_app_with};
+
+both_backends!(
+    backend: upstream_tools_are_merged_with_their_definitions_intact,
+    upstreams_get_an_identity_token_and_never_the_callers_token,
+    allow_deny_and_per_tool_scopes_decide_what_is_served_and_callable,
+    name_collisions_are_resolved_the_same_way_every_time,
+    a_crashed_upstream_fails_its_calls_and_comes_back,
+    a_crash_loop_parks_the_upstream_and_the_others_are_unaffected,
+    a_hung_upstream_times_out_and_is_told_to_cancel_without_slowing_others,
+    concurrent_calls_share_one_initialized_process,
+    progress_from_an_upstream_reaches_an_sse_client,
+    idempotency_keys_and_audit_apply_to_upstream_tools,
+);
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-test-upstream");
+const EXTRA_SCOPES: &str = "tools:t=Use t; tools:t:write=Write with t";
+
+/// One stdio upstream `t` of the test server that checks its identity tokens.
+fn upstream_t(extra: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "t"
+transport = "stdio"
+command = "{{BIN}}"
+timeout_secs = 5
+env = {{ TEST_UPSTREAM_JWKS_URL = "{{ISSUER}}/jwks", TEST_UPSTREAM_ISSUER = "{{ISSUER}}", TEST_UPSTREAM_AUDIENCE = "urn:gatehouse:upstream:t", TEST_UPSTREAM_PAGE = "4" }}
+{extra}
+"#
+    )
+}
+
+/// The app with these `[[upstream]]` tables (`{BIN}` is the test server, `{ISSUER}`
+/// the app's URL); restarts back off from 20 ms.
+async fn spawn(backend: Backend, upstreams: &str) -> Option<TestApp> {
+    let upstreams = upstreams.to_owned();
+    let app = spawn_app_with(backend, move |c| {
+        let text = upstreams
+            .replace("{BIN}", BIN)
+            .replace("{ISSUER}", &c.server.public_url);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upstreams.toml");
+        std::fs::write(&path, text).unwrap();
+        let parsed = gatehouse::config::Config::load_from(Some(&path), []).unwrap();
+        c.gateway = parsed.gateway;
+        c.gateway.restart_backoff = Duration::from_millis(20);
+        c.oauth.scopes = parsed.oauth.scopes;
+    })
+    .await?;
+    crate::helpers::seed_owner(&app.store).await;
+    Some(app)
+}
+
+async fn pat(app: &TestApp, scopes: &str) -> String {
+    cli_env(
+        &app.db,
+        &[
+            "--json",
+            "pat",
+            "create",
+            "--org",
+            "default",
+            "--user",
+            "owner@example.com",
+            "--name",
+            "agent",
+            "--scopes",
+            scopes,
+        ],
+        None,
+        &[("GATEHOUSE__OAUTH__EXTRA_SCOPES", EXTRA_SCOPES)],
+    )
+    .await
+    .ok()
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn post(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn list(app: &TestApp, token: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let body: Value = post(
+            app,
+            token,
+            json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": { "cursor": cursor } }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        all.extend(body["result"]["tools"].as_array().unwrap().iter().cloned());
+        match body["result"].get("nextCursor") {
+            Some(c) => cursor = c.clone(),
+            None => return all,
+        }
+    }
+}
+
+fn names(tools: &[Value]) -> Vec<String> {
+    tools
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn call(app: &TestApp, token: &str, name: &str, arguments: Value) -> Value {
+    let res = post(
+        app,
+        token,
+        json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": { "name": name, "arguments": arguments } }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK, "{name}");
+    let body: Value = res.json().await.unwrap();
+    assert!(body["result"].is_object(), "{body}");
+    body["result"].clone()
+}
+
+fn text(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or_default()
+}
+
+async fn metrics(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 20 ms for up to 15 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..750 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 15 s: {what}");
+}
+
+fn portable(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+async fn upstream_tools_are_merged_with_their_definitions_intact(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t("")).await else {
+        return;
+    };
+    let token = pat(&app, "account:read tools:t").await;
+    let tools = list(&app, &token).await;
+    let names = names(&tools);
+    for n in &names {
+        assert!(portable(n), "{n}");
+    }
+    for want in [
+        "whoami",
+        "t_echo",
+        "t_add",
+        "t_whoami",
+        "t_write_note",
+        "t_slow",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    // `dotted.name/v1` is made portable with a stable suffix; a top-level oneOf is not
+    // served (Claude would drop the whole tool).
+    let dotted: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("t_dotted_name_v1_"))
+        .collect();
+    assert_eq!(dotted.len(), 1, "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("unportable")), "{names:?}");
+
+    let echo = tools.iter().find(|t| t["name"] == "t_echo").unwrap();
+    assert_eq!(echo["title"], "Echo");
+    assert_eq!(echo["annotations"]["readOnlyHint"], true);
+    assert_eq!(echo["annotations"]["openWorldHint"], false);
+    assert_eq!(echo["outputSchema"]["required"], json!(["text"]));
+    assert_eq!(echo["_meta"]["ui"]["resourceUri"], "ui://test/echo.html");
+    assert_eq!(echo["_meta"]["dev.gatehouse/requires"]["scopes"], "tools:t");
+    // A tool without annotations is a write by MCP's defaults, so it takes our
+    // idempotency_key like any built-in write tool.
+    let note = tools.iter().find(|t| t["name"] == "t_write_note").unwrap();
+    assert!(
+        note["inputSchema"]["properties"]["idempotency_key"].is_object(),
+        "{note}"
+    );
+    assert!(
+        note.get("annotations").is_none(),
+        "published as the upstream sent it: {note}"
+    );
+
+    let r = call(&app, &token, "t_echo", json!({ "text": "hi" })).await;
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["structuredContent"], json!({ "text": "hi" }));
+    assert_eq!(
+        r["_meta"]["test/echoed"], true,
+        "result _meta passes through: {r}"
+    );
+    let r = call(&app, &token, "t_add", json!({ "a": 2, "b": 3.5 })).await;
+    assert_eq!(r["structuredContent"]["sum"], 5.5, "{r}");
+    let r = call(&app, &token, dotted[0], json!({})).await;
+    assert_eq!(
+        text(&r),
+        "dotted",
+        "routed under the upstream's own name: {r}"
+    );
+    // Arguments are checked against the upstream's schema before anything is sent.
+    let r = call(&app, &token, "t_add", json!({ "a": 2 })).await;
+    assert_eq!(r["isError"], true);
+    assert!(text(&r).contains("INVALID_ARGUMENTS"), "{r}");
+    let m = metrics(&app).await;
+    assert!(m.contains("gatehouse_upstream_up{upstream=\"t\"} 1"), "{m}");
+    assert!(
+        m.contains("gatehouse_upstream_calls_total{upstream=\"t\",outcome=\"ok\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatehouse_mcp_tool_calls_total{tool=\"t_echo\",outcome=\"ok\"} 1"),
+        "{m}"
+    );
+}
+
+async fn upstreams_get_an_identity_token_and_never_the_callers_token(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t("")).await else {
+        return;
+    };
+    let token = pat(&app, "account:read tools:t").await;
+    let r = call(&app, &token, "t_whoami", json!({})).await;
+    assert_eq!(r["isError"], false, "the upstream verified the token: {r}");
+    let seen = &r["structuredContent"];
+    let claims = &seen["claims"];
+    assert_eq!(claims["iss"], app.addr.as_str());
+    assert_eq!(claims["aud"], "urn:gatehouse:upstream:t");
+    assert_eq!(claims["tool"], "whoami");
+    assert_eq!(claims["credential"], "personal_access_token");
+    assert_eq!(claims["roles"], json!(["owner"]));
+    assert_eq!(claims["scope"], "account:read tools:t");
+    assert!(
+        claims["sub"].as_str().unwrap().starts_with("usr_"),
+        "{claims}"
+    );
+    assert!(!claims["org"].as_str().unwrap().is_empty(), "{claims}");
+    assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() <= 60);
+    // Nothing of the caller's request goes upstream but the arguments and our token.
+    assert_eq!(seen["meta_keys"], json!(["dev.gatehouse/identity"]));
+    assert!(
+        !r.to_string().contains(&token),
+        "the caller's token reached the upstream"
+    );
+    // The identity token opens nothing at Gatehouse itself.
+    let identity = seen["identity_token"].as_str().unwrap();
+    let res = post(
+        &app,
+        identity,
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // The child's environment is what was configured, plus PATH.
+    let r = call(&app, &token, "t_env", json!({})).await;
+    assert_eq!(
+        r["structuredContent"]["names"],
+        json!([
+            "PATH",
+            "TEST_UPSTREAM_AUDIENCE",
+            "TEST_UPSTREAM_ISSUER",
+            "TEST_UPSTREAM_JWKS_URL",
+            "TEST_UPSTREAM_PAGE"
+        ]),
+        "{r}"
+    );
+}
+
+async fn allow_deny_and_per_tool_scopes_decide_what_is_served_and_callable(backend: Backend) {
+    let extra = r#"allow = ["echo", "write_*", "whoami"]
+deny = ["whoami"]
+tool_scopes = { write_note = "tools:t:write" }"#;
+    let Some(app) = spawn(backend, &upstream_t(extra)).await else {
+        return;
+    };
+    let both = pat(&app, "tools:t tools:t:write").await;
+    let names = names(&list(&app, &both).await);
+    assert!(
+        names.contains(&"t_echo".to_owned()) && names.contains(&"t_write_note".to_owned()),
+        "{names:?}"
+    );
+    for gone in ["t_whoami", "t_add", "t_crash"] {
+        assert!(!names.contains(&gone.to_owned()), "{gone}: {names:?}");
+    }
+    // The scope the upstream's tools need, and a tool's own, with a 403 step-up.
+    let read = pat(&app, "tools:t").await;
+    let res = post(
+        &app,
+        &read,
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "t_write_note", "arguments": { "note": "x" } } }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let challenge = res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.contains("insufficient_scope") && challenge.contains("tools:t:write"),
+        "{challenge}"
+    );
+    let none = pat(&app, "account:read").await;
+    let res = post(
+        &app,
+        &none,
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "t_echo", "arguments": { "text": "x" } } }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let r = call(&app, &both, "t_write_note", json!({ "note": "x" })).await;
+    assert_eq!(r["isError"], false, "{r}");
+    // The upstream scopes are offered in the authorization server's metadata.
+    let meta: Value = app
+        .client
+        .get(app.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let supported = meta["scopes_supported"].to_string();
+    assert!(
+        supported.contains("\"tools:t\"") && supported.contains("tools:t:write"),
+        "{supported}"
+    );
+}
+
+async fn name_collisions_are_resolved_the_same_way_every_time(backend: Backend) {
+    let two = r#"
+[[upstream]]
+name = "a"
+transport = "stdio"
+command = "{BIN}"
+prefix = ""
+allow = ["whoami", "echo"]
+scopes = "tools:t"
+
+[[upstream]]
+name = "b"
+transport = "stdio"
+command = "{BIN}"
+prefix = ""
+allow = ["echo", "add"]
+scopes = "tools:t"
+"#;
+    let mut seen: Option<Vec<String>> = None;
+    for _ in 0..2 {
+        let Some(app) = spawn(backend, two).await else {
+            return;
+        };
+        let token = pat(&app, "account:read tools:t").await;
+        let tools = list(&app, &token).await;
+        let mut names = names(&tools);
+        // The built-in whoami keeps its name; upstream a (listed first) keeps "echo";
+        // everything else that collides gets its stable hash-suffixed name.
+        assert_eq!(names.iter().filter(|n| *n == "whoami").count(), 1);
+        assert!(names.contains(&"echo".to_owned()) && names.contains(&"add".to_owned()));
+        let suffixed: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("whoami_") || n.starts_with("echo_"))
+            .collect();
+        assert_eq!(suffixed.len(), 2, "{names:?}");
+        let builtin = call(&app, &token, "whoami", json!({})).await;
+        assert!(
+            builtin["structuredContent"]["user"].is_object(),
+            "still the built-in: {builtin}"
+        );
+        let upstream_echo = names
+            .iter()
+            .find(|n| n.starts_with("echo_"))
+            .unwrap()
+            .clone();
+        let r = call(&app, &token, &upstream_echo, json!({ "text": "from b" })).await;
+        assert_eq!(text(&r), "from b");
+        names.sort();
+        if let Some(before) = &seen {
+            assert_eq!(before, &names, "the same names at every start");
+        }
+        seen = Some(names);
+    }
+}
+
+async fn a_crashed_upstream_fails_its_calls_and_comes_back(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t("")).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    let first = call(&app, &token, "t_pid", json!({})).await["structuredContent"]["pid"].clone();
+    let r = call(&app, &token, "t_crash", json!({})).await;
+    assert_eq!(r["isError"], true);
+    let t = text(&r);
+    assert!(
+        t.contains("UPSTREAM_UNAVAILABLE") && t.contains("\"t\""),
+        "{t}"
+    );
+    assert!(t.contains("exited with status 3"), "{t}");
+    assert!(
+        t.contains("crashing on purpose"),
+        "its stderr is quoted: {t}"
+    );
+    // Restarted after the backoff, as a new process, initialized again.
+    eventually("the upstream is back", || {
+        let app = &app;
+        let token = &token;
+        async move { call(app, token, "t_pid", json!({})).await["isError"] == false }
+    })
+    .await;
+    let second = call(&app, &token, "t_pid", json!({})).await["structuredContent"]["pid"].clone();
+    assert_ne!(first, second);
+    let m = metrics(&app).await;
+    assert!(
+        m.contains("gatehouse_upstream_restarts_total{upstream=\"t\"} 1"),
+        "{m}"
+    );
+}
+
+async fn a_crash_loop_parks_the_upstream_and_the_others_are_unaffected(backend: Backend) {
+    let config = format!(
+        "{}\n[[upstream]]\nname = \"bad\"\ntransport = \"stdio\"\ncommand = \"{{BIN}}\"\nscopes = \"tools:t\"\nenv = {{ TEST_UPSTREAM_EXIT_AT_START = \"missing CRM_TOKEN\" }}\n",
+        upstream_t("")
+    );
+    let Some(app) = spawn(backend, &config).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    eventually("the crash loop is parked", || {
+        let app = &app;
+        async move {
+            metrics(app)
+                .await
+                .contains("gatehouse_upstream_parked{upstream=\"bad\"} 1")
+        }
+    })
+    .await;
+    let m = metrics(&app).await;
+    assert!(
+        m.contains("gatehouse_upstream_restarts_total{upstream=\"bad\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatehouse_upstream_up{upstream=\"bad\"} 0"),
+        "{m}"
+    );
+    assert!(m.contains("gatehouse_upstream_up{upstream=\"t\"} 1"), "{m}");
+    let names = names(&list(&app, &token).await);
+    assert!(!names.iter().any(|n| n.starts_with("bad_")), "{names:?}");
+    let r = call(&app, &token, "t_echo", json!({ "text": "fine" })).await;
+    assert_eq!(text(&r), "fine");
+}
+
+async fn a_hung_upstream_times_out_and_is_told_to_cancel_without_slowing_others(backend: Backend) {
+    let config = upstream_t("").replace("timeout_secs = 5", "timeout_secs = 1");
+    let Some(app) = spawn(backend, &config).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    let hang = async {
+        let r = call(&app, &token, "t_hang", json!({})).await;
+        (r, std::time::Instant::now())
+    };
+    let others = async {
+        for i in 0..20 {
+            let r = call(&app, &token, "t_echo", json!({ "text": format!("{i}") })).await;
+            assert_eq!(text(&r), i.to_string());
+        }
+        std::time::Instant::now()
+    };
+    let ((hung, hang_done), others_done) = tokio::join!(hang, others);
+    assert!(
+        others_done < hang_done,
+        "other calls waited for the hung one"
+    );
+    assert!(
+        text(&hung).contains("UPSTREAM_TIMEOUT") && text(&hung).contains("1 s"),
+        "{hung}"
+    );
+    eventually("the upstream got notifications/cancelled", || {
+        let app = &app;
+        let token = &token;
+        async move { text(&call(app, token, "t_cancelled", json!({})).await) == "1" }
+    })
+    .await;
+}
+
+async fn concurrent_calls_share_one_initialized_process(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t("")).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    let calls = (0..64).map(|i| {
+        let app = &app;
+        let token = &token;
+        async move {
+            let r = call(app, token, "t_add", json!({ "a": i, "b": 1 })).await;
+            assert_eq!(
+                r["structuredContent"]["sum"],
+                json!(f64::from(i + 1)),
+                "{r}"
+            );
+            call(app, token, "t_pid", json!({})).await["structuredContent"].clone()
+        }
+    });
+    let infos = futures_util::future::join_all(calls).await;
+    for info in &infos {
+        assert_eq!(info["pid"], infos[0]["pid"]);
+        assert_eq!(info["initialized"], 1, "initialized once: {info}");
+    }
+}
+
+async fn progress_from_an_upstream_reaches_an_sse_client(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t("")).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    let res = post(
+        &app,
+        &token,
+        json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": { "name": "t_slow", "arguments": { "steps": 3, "delay_ms": 10 }, "_meta": { "progressToken": "p-1" } } }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let body = res.text().await.unwrap();
+    let events: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let progress: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 3, "{body}");
+    // The client's own token, not the one used upstream.
+    assert_eq!(progress[2]["params"]["progressToken"], "p-1");
+    assert_eq!(progress[2]["params"]["progress"], 3.0);
+    assert_eq!(progress[2]["params"]["message"], "step 3");
+    let last = events.last().unwrap();
+    assert_eq!(last["id"], 3);
+    assert_eq!(text(&last["result"]), "done");
+}
+
+async fn idempotency_keys_and_audit_apply_to_upstream_tools(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t("")).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    let args = json!({ "note": "once", "idempotency_key": "k-1" });
+    let first = call(&app, &token, "t_write_note", args.clone()).await;
+    assert_eq!(first["isError"], false, "{first}");
+    assert!(
+        first["structuredContent"]["arguments"]
+            .get("idempotency_key")
+            .is_none(),
+        "our key is not passed on: {first}"
+    );
+    let again = call(&app, &token, "t_write_note", args).await;
+    // The same identity token's jti: the upstream did not run it twice.
+    assert_eq!(
+        first["structuredContent"]["claims"]["jti"],
+        again["structuredContent"]["claims"]["jti"]
+    );
+    eventually("the write is audited", || {
+        let app = &app;
+        async move {
+            // Both calls, as for a built-in write tool.
+            app.count("SELECT COUNT(*) FROM audit_log WHERE action = 'mcp.tool_call' AND target = 'tool:t_write_note'")
+                .await
+                == 2
+        }
+    })
+    .await;
+}
