@@ -2,6 +2,7 @@
 //! Administration works directly on the database, so it needs no running server.
 
 mod output;
+mod upstream;
 
 use std::io::BufRead;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -84,6 +85,9 @@ enum Command {
     /// Manage the keys that sign access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check the upstreams of the gateway ([[upstream]] tables).
+    #[command(subcommand)]
+    Upstream(UpstreamCommand),
     /// Copy a SQLite database to PATH, consistently, while the server keeps running
     /// (PostgreSQL: use `pg_dump -Fc` instead).
     Backup {
@@ -93,6 +97,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UpstreamCommand {
+    /// Start every upstream as the server would and report, per upstream: whether it
+    /// works, the public name of each tool it serves, what it skipped and why, lint
+    /// findings and the size of its tools/list entries. Exits 1 if one is not up.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +307,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => return serve(config).await,
         Command::Healthcheck => return healthcheck(&config).await,
+        Command::Upstream(UpstreamCommand::Check) => {
+            return upstream::check(config, cli.json).await;
+        }
         _ => {}
     }
     if let Command::Backup { path, force } = &cli.command {
@@ -546,7 +561,10 @@ impl Ctx {
 
     async fn dispatch(&self, command: Command) -> anyhow::Result<()> {
         match command {
-            Command::Serve | Command::Healthcheck | Command::Backup { .. } => Ok(()),
+            Command::Serve
+            | Command::Healthcheck
+            | Command::Backup { .. }
+            | Command::Upstream(_) => Ok(()),
             Command::Migrate => {
                 self.print(
                     format!("database is up to date ({})\n", self.store.backend()),

@@ -1654,6 +1654,12 @@ mod tests {
                 "{key} missing from example"
             );
         }
+        for key in upstream::KEYS {
+            assert!(
+                text.contains(&format!("# {key} =")),
+                "upstream key {key} missing from example"
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).unwrap();

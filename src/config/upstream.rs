@@ -514,6 +514,16 @@ fn check_one(
             return Err(at.error(what, format!("{p:?}: `*` may only end a name")));
         }
     }
+    if !matches!(transport, Transport::Stdio { .. }) {
+        // Parsed and checked already, so configurations can be written ahead.
+        return Err(at.error(
+            "transport",
+            format!(
+                "{:?} is not served by this version yet (only \"stdio\" is)",
+                transport.kind()
+            ),
+        ));
+    }
     Ok(UpstreamConfig {
         name,
         transport,
@@ -760,7 +770,7 @@ mod tests {
             let err = parse(&format!("[[upstream]]\n{body}"), &[]).unwrap_err();
             assert!(err.contains(want), "{body}: {err}");
         }
-        let twice = "[[upstream]]\nname = \"a\"\ntransport = \"http\"\nurl = \"https://x\"\n";
+        let twice = "[[upstream]]\nname = \"a\"\ntransport = \"stdio\"\ncommand = \"x\"\n";
         let err = parse(&format!("{twice}{twice}"), &[]).unwrap_err();
         assert!(err.contains("upstream `a`, key `name`"), "{err}");
     }
@@ -768,7 +778,7 @@ mod tests {
     #[test]
     fn allow_and_deny_select_tools() {
         let u = parse(
-            "[[upstream]]\nname = \"a\"\ntransport = \"http\"\nurl = \"https://x\"\nallow = \"get_* list\"\ndeny = [\"get_secret\"]\ntool_scopes = { list = \"tools:a:list\" }",
+            "[[upstream]]\nname = \"a\"\ntransport = \"stdio\"\ncommand = \"x\"\nallow = \"get_* list\"\ndeny = [\"get_secret\"]\ntool_scopes = { list = \"tools:a:list\" }",
             &[],
         )
         .unwrap();

@@ -238,10 +238,8 @@ impl Gateway {
                             stop_rx.clone(),
                         ))
                     }
-                    other => {
-                        tracing::error!(upstream = %config.name, transport = other.kind(), "this transport is not available yet; the upstream is not served");
-                        return None;
-                    }
+                    // Refused when the configuration is checked.
+                    Transport::Http { .. } | Transport::OpenApi { .. } => return None,
                 };
                 Some(Arc::new(Upstream {
                     config: config.clone(),

@@ -197,14 +197,9 @@ impl StdioUpstream {
             .any(|s| matches!(s.health(), Health::Up(_)))
     }
 
+    /// The first slot's state (a process that exited says so with its stderr's end).
     pub fn why_down(&self) -> String {
-        let slot = &self.slots[0];
-        let tail = slot.stderr_tail(3);
-        let mut why = slot.health().describe();
-        if !tail.is_empty() {
-            why.push_str(&format!("; its stderr ended with: {}", clip(&tail, 600)));
-        }
-        why
+        self.slots[0].health().describe()
     }
 
     /// Resolves once every slot has come up or failed at least once.

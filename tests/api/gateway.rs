@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{Backend, TestApp, cli_env, spawn_app_with};
+use crate::helpers::{Backend, TestApp, TestDb, cli_env, spawn_app_with};
 
 both_backends!(
     backend: upstream_tools_are_merged_with_their_definitions_intact,
@@ -22,6 +22,8 @@ both_backends!(
     progress_from_an_upstream_reaches_an_sse_client,
     idempotency_keys_and_audit_apply_to_upstream_tools,
 );
+
+both_backends!(db: upstream_check_reports_what_each_upstream_serves_skips_and_why_it_is_down);
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-test-upstream");
 const EXTRA_SCOPES: &str = "tools:t=Use t; tools:t:write=Write with t";
@@ -619,4 +621,79 @@ async fn idempotency_keys_and_audit_apply_to_upstream_tools(backend: Backend) {
         }
     })
     .await;
+}
+
+async fn upstream_check_reports_what_each_upstream_serves_skips_and_why_it_is_down(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    let config = format!(
+        r#"
+[[upstream]]
+name = "t"
+transport = "stdio"
+command = "{BIN}"
+deny = ["crash"]
+
+[[upstream]]
+name = "bad"
+transport = "stdio"
+command = "{BIN}"
+env = {{ TEST_UPSTREAM_EXIT_AT_START = "CRM_TOKEN is not valid", SECRET = "${{CHECK_SECRET}}" }}
+"#
+    );
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_str().unwrap();
+    let out = cli_env(
+        &db,
+        &["--config", path, "--json", "upstream", "check"],
+        None,
+        &[("CHECK_SECRET", "hunter2-value")],
+    )
+    .await
+    .failed();
+    assert!(out.stderr.contains("not up: bad"), "{}", out.stderr);
+    assert!(!out.stdout.contains("hunter2") && !out.stderr.contains("hunter2"));
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let t = &report["upstreams"][0];
+    assert_eq!(t["name"], "t");
+    assert_eq!(t["up"], true);
+    let served = t["served"].as_array().unwrap();
+    assert!(
+        served
+            .iter()
+            .any(|s| s["name"] == "t_echo" && s["upstream_name"] == "echo")
+    );
+    assert!(served.iter().any(|s| s["upstream_name"] == "dotted.name/v1"
+        && s["name"].as_str().unwrap().starts_with("t_dotted_name_v1_")));
+    let skipped = t["skipped"].to_string();
+    assert!(
+        skipped.contains("crash") && skipped.contains("allow/deny"),
+        "{skipped}"
+    );
+    assert!(
+        skipped.contains("unportable") && skipped.contains("oneOf"),
+        "{skipped}"
+    );
+    assert!(t["list_bytes"].as_u64().unwrap() > 1000);
+    let bad = &report["upstreams"][1];
+    assert_eq!(bad["up"], false);
+    let status = bad["status"].as_str().unwrap();
+    assert!(
+        status.contains("exited with status 2") && status.contains("CRM_TOKEN is not valid"),
+        "{status}"
+    );
+    // People get the same as a table.
+    let human = cli_env(
+        &db,
+        &["--config", path, "upstream", "check"],
+        None,
+        &[("CHECK_SECRET", "x")],
+    )
+    .await
+    .failed();
+    assert!(
+        human.stdout.contains("t_echo") && human.stdout.contains("skipped \"crash\""),
+        "{}",
+        human.stdout
+    );
 }
