@@ -28,7 +28,13 @@ pub enum AppError {
     Serve(std::io::Error),
 }
 
+/// Reads the `[[upstream]]` tables again (for SIGHUP); an error names the key.
+pub type UpstreamLoader =
+    Box<dyn Fn() -> Result<Vec<crate::config::UpstreamConfig>, String> + Send + Sync>;
+
 pub struct App {
+    /// Set by `gatehouse serve`: SIGHUP then reloads the upstreams through it.
+    reload: Option<UpstreamLoader>,
     listener: TcpListener,
     state: AppState,
     addr: SocketAddr,
@@ -83,6 +89,7 @@ impl App {
         };
         let state = AppState::load(store, config, clock).await?;
         Ok(Self {
+            reload: None,
             listener,
             state,
             addr,
@@ -111,6 +118,12 @@ impl App {
     /// (start from [`Registry::builtin`] to keep the account tools).
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.state.set_tools(Arc::new(registry));
+        self
+    }
+
+    /// Makes SIGHUP re-read the upstreams through `loader` while serving.
+    pub fn reload_upstreams_with(mut self, loader: UpstreamLoader) -> Self {
+        self.reload = Some(loader);
         self
     }
 
@@ -149,10 +162,16 @@ impl App {
             .export_tools(self.state.tools.tool_stats());
         // Upstreams start before serving, so the first tools/list already has them (a
         // slow or broken one is waited for at most a few seconds, never fatally).
-        let gateway = if self.state.config.gateway.upstreams.is_empty() {
+        let gateway = if self.state.config.gateway.upstreams.is_empty() && self.reload.is_none() {
             None
         } else {
-            Some(crate::gateway::Gateway::start(self.state.clone()).await)
+            Some(Arc::new(
+                crate::gateway::Gateway::start(self.state.clone()).await,
+            ))
+        };
+        let reloader = match (self.reload, &gateway) {
+            (Some(loader), Some(g)) => Some(tokio::spawn(reload_on_sighup(loader, g.clone()))),
+            _ => None,
         };
         let metrics_server = self.metrics_listener.map(|(listener, _)| {
             let router = routes::metrics_router(self.state.clone());
@@ -204,6 +223,9 @@ impl App {
         if let Some(m) = metrics_server {
             m.abort();
         }
+        if let Some(r) = reloader {
+            r.abort();
+        }
         if let Some(g) = gateway {
             g.shutdown().await;
         }
@@ -214,6 +236,32 @@ impl App {
         }
         store.close().await;
         Ok(())
+    }
+}
+
+/// Re-reads the upstreams on each SIGHUP. A configuration that no longer checks is
+/// logged with its key and changes nothing.
+async fn reload_on_sighup(loader: UpstreamLoader, gateway: Arc<crate::gateway::Gateway>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; upstreams are read only at start");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading the upstreams again");
+            match loader() {
+                Ok(upstreams) => gateway.reload(&upstreams).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration not reloaded; the upstreams stay as they were");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (loader, gateway);
     }
 }
 

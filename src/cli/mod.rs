@@ -305,7 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let clock = SystemClock;
     match cli.command {
-        Command::Serve => return serve(config).await,
+        Command::Serve => return serve(config, cli.config).await,
         Command::Healthcheck => return healthcheck(&config).await,
         Command::Upstream(UpstreamCommand::Check) => {
             return upstream::check(config, cli.json).await;
@@ -433,7 +433,7 @@ async fn backup(
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let telemetry = telemetry::init(&config.log, &config.traces)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = open_store(&config).await?;
@@ -446,7 +446,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let public_url = config.server.public_url.clone();
     let backend = store.backend();
-    let app = App::build_with_store(config, store, clock).await?;
+    // SIGHUP reads the file and the environment again, for the upstreams.
+    let app = App::build_with_store(config, store, clock)
+        .await?
+        .reload_upstreams_with(Box::new(move || {
+            Config::load(file.as_deref())
+                .map(|c| c.gateway.upstreams)
+                .map_err(|e| e.to_string())
+        }));
     let shutdown = shutdown_signal();
     tracing::info!(
         addr = %app.local_addr(),

@@ -70,7 +70,7 @@ impl OnChange {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Transport {
     Stdio {
         command: String,
@@ -110,7 +110,7 @@ pub enum SpecSource {
     Url(url::Url),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: UpstreamName,
     pub transport: Transport,

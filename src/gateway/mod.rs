@@ -18,6 +18,7 @@ pub mod naming;
 pub mod stdio;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub enum Event {
     Changed(String),
     /// It sent a `list_changed` notification.
     ListChanged(String),
+    /// The set of upstreams was replaced (SIGHUP).
+    Reloaded,
 }
 
 /// An upstream's tool definitions as it listed them.
@@ -90,6 +93,11 @@ pub struct Upstream {
     tools: RwLock<Listing>,
     report: Mutex<Report>,
     pub stats: Arc<UpstreamStats>,
+    /// Stops its processes.
+    stop: watch::Sender<bool>,
+    /// Calls it is answering now, so that a reload stops it only once they are done.
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
 impl Upstream {
@@ -125,6 +133,41 @@ impl Upstream {
         match &self.link {
             Link::Stdio(s) => s.settled().await,
         }
+    }
+
+    pub fn is_parked(&self) -> bool {
+        match &self.link {
+            Link::Stdio(s) => s.is_parked(),
+        }
+    }
+
+    /// Resolves once every process has stopped (at most 5 s each).
+    async fn stopped(&self) {
+        match &self.link {
+            Link::Stdio(s) => s.stopped(Duration::from_secs(5)).await,
+        }
+    }
+
+    /// Stops the upstream once its calls in flight are done (at most its timeout).
+    async fn retire(&self) {
+        let drained = async {
+            loop {
+                let idle = self.idle.notified();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.config.timeout, drained).await;
+        let _ = self.stop.send(true);
+        self.stopped().await;
+        tracing::info!(upstream = %self.name(), "retired upstream stopped");
+    }
+
+    fn begin_call(&self) -> CallGuard<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self)
     }
 
     /// Reads the tool list again; an upstream that is down lists nothing.
@@ -178,149 +221,223 @@ impl Upstream {
     }
 }
 
+/// The upstreams now served, shared by the gateway and its merger.
+type Current = Arc<RwLock<Vec<Arc<Upstream>>>>;
+
 /// The gateway: every upstream, and the task that keeps the merged list current.
 pub struct Gateway {
-    upstreams: Vec<Arc<Upstream>>,
-    stop: watch::Sender<bool>,
+    state: AppState,
+    current: Current,
+    events: mpsc::UnboundedSender<Event>,
+    stop_merger: watch::Sender<bool>,
     merger: tokio::task::JoinHandle<()>,
 }
 
 /// How long start-up waits for upstreams to come up before serving without them.
 const READY_WAIT: Duration = Duration::from_secs(10);
 
+/// Starts the link to one upstream; `None` for transports not served yet (the
+/// configuration check refuses those first).
+fn start_upstream(
+    config: &UpstreamConfig,
+    gw: &crate::config::GatewayConfig,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Option<Arc<Upstream>> {
+    let stats = Arc::new(UpstreamStats::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let link = match &config.transport {
+        Transport::Stdio {
+            command,
+            args,
+            env,
+            cwd,
+            pool,
+        } => {
+            let mut vars: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                .collect();
+            // Programs are found and scripts run through PATH; nothing else of ours is
+            // passed on.
+            if !env.contains_key("PATH")
+                && let Ok(path) = std::env::var("PATH")
+            {
+                vars.push(("PATH".into(), path));
+            }
+            Link::Stdio(stdio::StdioUpstream::start(
+                stdio::Settings {
+                    upstream: config.name.to_string(),
+                    spawn: stdio::Spawn {
+                        command: command.clone(),
+                        args: args.clone(),
+                        env: vars,
+                        cwd: cwd.clone(),
+                    },
+                    pool: *pool,
+                    timeout: config.timeout,
+                    max_line_bytes: gw.max_response_bytes,
+                    backoff: gw.restart_backoff,
+                    stats: stats.clone(),
+                },
+                events.clone(),
+                stop_rx,
+            ))
+        }
+        Transport::Http { .. } | Transport::OpenApi { .. } => return None,
+    };
+    Some(Arc::new(Upstream {
+        config: config.clone(),
+        link,
+        tools: RwLock::default(),
+        report: Mutex::default(),
+        stats,
+        stop,
+        in_flight: AtomicUsize::new(0),
+        idle: tokio::sync::Notify::new(),
+    }))
+}
+
 impl Gateway {
     /// Starts every configured upstream and waits (at most [`READY_WAIT`]) until each
     /// has come up or failed once, so that the first `tools/list` already has them.
     pub async fn start(state: AppState) -> Self {
-        let (stop, stop_rx) = watch::channel(false);
         let (events, events_rx) = mpsc::unbounded_channel();
+        let (stop_merger, stop_rx) = watch::channel(false);
         let gw = &state.config.gateway;
         let upstreams: Vec<Arc<Upstream>> = gw
             .upstreams
             .iter()
-            .filter_map(|config| {
-                let stats = Arc::new(UpstreamStats::default());
-                let link = match &config.transport {
-                    Transport::Stdio {
-                        command,
-                        args,
-                        env,
-                        cwd,
-                        pool,
-                    } => {
-                        let mut vars: Vec<(String, String)> = env
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-                            .collect();
-                        // Programs are found and scripts run through PATH; nothing else of
-                        // ours is passed on.
-                        if !env.contains_key("PATH")
-                            && let Ok(path) = std::env::var("PATH")
-                        {
-                            vars.push(("PATH".into(), path));
-                        }
-                        Link::Stdio(stdio::StdioUpstream::start(
-                            stdio::Settings {
-                                upstream: config.name.to_string(),
-                                spawn: stdio::Spawn {
-                                    command: command.clone(),
-                                    args: args.clone(),
-                                    env: vars,
-                                    cwd: cwd.clone(),
-                                },
-                                pool: *pool,
-                                timeout: config.timeout,
-                                max_line_bytes: gw.max_response_bytes,
-                                backoff: gw.restart_backoff,
-                                stats: stats.clone(),
-                            },
-                            events.clone(),
-                            stop_rx.clone(),
-                        ))
-                    }
-                    // Refused when the configuration is checked.
-                    Transport::Http { .. } | Transport::OpenApi { .. } => return None,
-                };
-                Some(Arc::new(Upstream {
-                    config: config.clone(),
-                    link,
-                    tools: RwLock::default(),
-                    report: Mutex::default(),
-                    stats,
-                }))
-            })
+            .filter_map(|c| start_upstream(c, gw, &events))
             .collect();
-        state.metrics.upstreams.export(
-            upstreams
+        settle(&upstreams).await;
+        let current: Current = Arc::new(RwLock::new(upstreams));
+        let mut merger = Merger {
+            state: state.clone(),
+            current: current.clone(),
+            stats: HashMap::new(),
+        };
+        merger.refresh_all().await;
+        let handle = tokio::spawn(merger.run(events_rx, stop_rx));
+        let gateway = Self {
+            state,
+            current,
+            events,
+            stop_merger,
+            merger: handle,
+        };
+        gateway.export_metrics();
+        for u in gateway.upstreams() {
+            let r = u.report();
+            tracing::info!(upstream = %u.name(), status = %u.status(), tools = r.served.len(), skipped = r.skipped.len(), "upstream");
+        }
+        gateway
+    }
+
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.current.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn export_metrics(&self) {
+        self.state.metrics.upstreams.export(
+            self.upstreams()
                 .iter()
                 .map(|u| (u.name().to_owned(), u.stats.clone()))
                 .collect(),
         );
-        let settle = futures_util::future::join_all(upstreams.iter().map(|u| u.settled()));
-        let _ = tokio::time::timeout(READY_WAIT, settle).await;
-        let merger = Merger {
-            state: state.clone(),
-            upstreams: upstreams.clone(),
-            stats: HashMap::new(),
-        };
-        let mut merger_state = merger;
-        merger_state.refresh_all().await;
-        let handle = tokio::spawn(merger_state.run(events_rx, stop_rx));
-        for u in &upstreams {
-            let r = u.report();
-            tracing::info!(upstream = %u.name(), status = %u.status(), tools = r.served.len(), skipped = r.skipped.len(), "upstream");
-        }
-        Self {
-            upstreams,
-            stop,
-            merger: handle,
-        }
     }
 
-    pub fn upstreams(&self) -> &[Arc<Upstream>] {
-        &self.upstreams
-    }
-
-    /// Stops every upstream process (their whole process groups) and the merger.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        self.merger.abort();
-        for u in &self.upstreams {
-            match &u.link {
-                Link::Stdio(s) => {
-                    for slot in &s.slots {
-                        let mut rx = slot_health(slot);
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            rx.wait_for(|h| matches!(h, stdio::Health::Stopped)),
-                        )
-                        .await;
+    /// Serves `configs` from now on. An upstream whose settings did not change keeps
+    /// running (unless a crash loop parked it); a new or changed one is started, and
+    /// the merged list switches once it has come up or failed. A removed or replaced
+    /// one is stopped after the calls it is still answering have finished (at most its
+    /// timeout), so no call in flight is dropped.
+    pub async fn reload(&self, configs: &[UpstreamConfig]) {
+        let old = self.upstreams();
+        let gw = &self.state.config.gateway;
+        let mut next = Vec::new();
+        let mut started = Vec::new();
+        for c in configs {
+            match old.iter().find(|u| u.config == *c && !u.is_parked()) {
+                Some(u) => next.push(u.clone()),
+                None => {
+                    if let Some(u) = start_upstream(c, gw, &self.events) {
+                        started.push(u.clone());
+                        next.push(u);
                     }
                 }
             }
         }
+        settle(&started).await;
+        let retired: Vec<Arc<Upstream>> = old
+            .into_iter()
+            .filter(|u| !next.iter().any(|n| Arc::ptr_eq(n, u)))
+            .collect();
+        if let Ok(mut c) = self.current.write() {
+            *c = next;
+        }
+        self.export_metrics();
+        let _ = self.events.send(Event::Reloaded);
+        tracing::info!(
+            started = started.len(),
+            stopped = retired.len(),
+            "upstreams reloaded"
+        );
+        for u in retired {
+            tokio::spawn(async move { u.retire().await });
+        }
+    }
+
+    /// Stops every upstream process (their whole process groups) and the merger.
+    pub async fn shutdown(&self) {
+        let _ = self.stop_merger.send(true);
+        self.merger.abort();
+        let all = self.upstreams();
+        for u in &all {
+            let _ = u.stop.send(true);
+        }
+        futures_util::future::join_all(all.iter().map(|u| u.stopped())).await;
     }
 }
 
-fn slot_health(slot: &stdio::Slot) -> watch::Receiver<stdio::Health> {
-    slot.subscribe()
+/// Waits (at most [`READY_WAIT`]) until each upstream has come up or failed once.
+async fn settle(upstreams: &[Arc<Upstream>]) {
+    let all = futures_util::future::join_all(upstreams.iter().map(|u| u.settled()));
+    let _ = tokio::time::timeout(READY_WAIT, all).await;
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop_merger.send(true);
+        for u in self.upstreams() {
+            let _ = u.stop.send(true);
+        }
+    }
+}
+
+/// Counts a call to an upstream while it runs.
+struct CallGuard<'a>(&'a Upstream);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
 /// Keeps [`ExtraTools`](crate::mcp::tools::ExtraTools) in step with the upstreams.
 struct Merger {
     state: AppState,
-    upstreams: Vec<Arc<Upstream>>,
+    current: Current,
     /// Each public tool's metrics, kept across rebuilds.
     stats: HashMap<String, Arc<ToolStats>>,
 }
 
 impl Merger {
+    fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.current.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<Event>,
@@ -331,22 +448,29 @@ impl Merger {
         tick.tick().await;
         loop {
             let mut names: Vec<String> = Vec::new();
+            let all = |names: &mut Vec<String>, upstreams: &[Arc<Upstream>]| {
+                names.extend(upstreams.iter().map(|u| u.name().to_owned()));
+            };
             tokio::select! {
-                _ = tick.tick() => names.extend(self.upstreams.iter().map(|u| u.name().to_owned())),
+                _ = tick.tick() => all(&mut names, &self.upstreams()),
                 e = events.recv() => match e {
                     Some(Event::Changed(n) | Event::ListChanged(n)) => names.push(n),
+                    Some(Event::Reloaded) => all(&mut names, &self.upstreams()),
                     None => return,
                 },
                 _ = stdio::stopped(&mut stop) => return,
             }
             // Events that arrived meanwhile are handled in the same round.
-            while let Ok(Event::Changed(n) | Event::ListChanged(n)) = events.try_recv() {
-                names.push(n);
+            while let Ok(e) = events.try_recv() {
+                match e {
+                    Event::Changed(n) | Event::ListChanged(n) => names.push(n),
+                    Event::Reloaded => all(&mut names, &self.upstreams()),
+                }
             }
             names.sort();
             names.dedup();
             for u in self
-                .upstreams
+                .upstreams()
                 .iter()
                 .filter(|u| names.iter().any(|n| n == u.name()))
             {
@@ -357,8 +481,8 @@ impl Merger {
     }
 
     async fn refresh_all(&mut self) {
-        let all = self.upstreams.iter().map(|u| u.refresh());
-        futures_util::future::join_all(all).await;
+        let upstreams = self.upstreams();
+        futures_util::future::join_all(upstreams.iter().map(|u| u.refresh())).await;
         self.merge();
     }
 
@@ -367,8 +491,8 @@ impl Merger {
         let builtin: Vec<&str> = self.state.tools.tool_names().collect();
         let mut candidates = Vec::new();
         let mut reports: BTreeMap<String, Report> = BTreeMap::new();
-        let listings: Vec<(Arc<Upstream>, Listing)> = self
-            .upstreams
+        let upstreams = self.upstreams();
+        let listings: Vec<(Arc<Upstream>, Listing)> = upstreams
             .iter()
             .map(|u| {
                 (
@@ -421,11 +545,8 @@ impl Merger {
         }
         let mut registry = Registry::empty();
         let mut stats = HashMap::new();
-        let upstream_up: HashMap<&str, bool> = self
-            .upstreams
-            .iter()
-            .map(|u| (u.name(), u.is_up()))
-            .collect();
+        let upstream_up: HashMap<&str, bool> =
+            upstreams.iter().map(|u| (u.name(), u.is_up())).collect();
         for ((candidate, upstream, def), public) in candidates.into_iter().zip(names) {
             let report = reports.entry(candidate.upstream.clone()).or_default();
             let (tool, lint) = match UpstreamTool::new(&public, &candidate.tool, def, upstream) {
@@ -458,7 +579,7 @@ impl Merger {
                 }),
             }
         }
-        for u in &self.upstreams {
+        for u in &upstreams {
             let r = reports.remove(u.name()).unwrap_or_default();
             let relaxed = std::sync::atomic::Ordering::Relaxed;
             u.stats.up.store(u64::from(u.is_up()), relaxed);
@@ -548,6 +669,7 @@ impl Tool for UpstreamTool {
     fn call(&self, ctx: ToolContext, args: Map<String, Value>) -> ToolFuture<'_> {
         Box::pin(async move {
             let u = &self.upstream;
+            let _running = u.begin_call();
             let arguments = Value::Object(args);
             let identity = match identity_token(&ctx, u, &self.tool, &arguments) {
                 Ok(t) => t,

@@ -191,6 +191,21 @@ impl StdioUpstream {
         Err(CallError::Down(self.why_down()))
     }
 
+    pub fn is_parked(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s.health(), Health::Parked(_)))
+    }
+
+    /// Resolves once every slot has stopped (at most `limit` each).
+    pub async fn stopped(&self, limit: Duration) {
+        for slot in &self.slots {
+            let mut rx = slot.health.subscribe();
+            let _ =
+                tokio::time::timeout(limit, rx.wait_for(|h| matches!(h, Health::Stopped))).await;
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.slots
             .iter()

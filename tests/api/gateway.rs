@@ -23,7 +23,10 @@ both_backends!(
     idempotency_keys_and_audit_apply_to_upstream_tools,
 );
 
-both_backends!(db: upstream_check_reports_what_each_upstream_serves_skips_and_why_it_is_down);
+both_backends!(
+    db: upstream_check_reports_what_each_upstream_serves_skips_and_why_it_is_down,
+    sighup_reloads_the_upstreams_without_dropping_calls_in_flight,
+);
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-test-upstream");
 const EXTRA_SCOPES: &str = "tools:t=Use t; tools:t:write=Write with t";
@@ -696,4 +699,120 @@ env = {{ TEST_UPSTREAM_EXIT_AT_START = "CRM_TOKEN is not valid", SECRET = "${{CH
         "{}",
         human.stdout
     );
+}
+
+async fn sighup_reloads_the_upstreams_without_dropping_calls_in_flight(db: TestDb) {
+    use crate::process::{Serve, app_for};
+    crate::helpers::seed_owner(&db.store().await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    let v1 = format!(
+        "[[upstream]]\nname = \"t\"\ntransport = \"stdio\"\ncommand = \"{BIN}\"\nallow = [\"echo\", \"slow\", \"pid\"]\n"
+    );
+    std::fs::write(&path, &v1).unwrap();
+    let path_str = path.to_str().unwrap().to_owned();
+    let mut served = Serve::new(&db)
+        .env("GATEHOUSE_CONFIG", &path_str)
+        .env("GATEHOUSE__LOG__FILTER", "info")
+        .start()
+        .await;
+    let app = app_for(&served, db).await;
+    let token = cli_env(
+        &app.db,
+        &[
+            "--config",
+            &path_str,
+            "--json",
+            "pat",
+            "create",
+            "--org",
+            "default",
+            "--user",
+            "owner@example.com",
+            "--name",
+            "agent",
+            "--scopes",
+            "tools:t",
+        ],
+        None,
+        &[],
+    )
+    .await
+    .ok()
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = names(&list(&app, &token).await);
+    assert!(
+        before.contains(&"t_echo".to_owned()) && !before.contains(&"t_add".to_owned()),
+        "{before:?}"
+    );
+    let old_pid = call(&app, &token, "t_pid", json!({})).await["structuredContent"]["pid"].clone();
+
+    // A call in flight on the old process: its first progress event proves it started.
+    let mut slow = app
+        .client
+        .post(app.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .bearer_auth(&token)
+        .json(&json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": { "name": "t_slow", "arguments": { "steps": 6, "delay_ms": 150 }, "_meta": { "progressToken": 1 } } }))
+        .send()
+        .await
+        .unwrap();
+    let mut body = String::new();
+    while !body.contains("notifications/progress") {
+        let chunk = slow.chunk().await.unwrap().expect("the stream goes on");
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    // t changes (another allow list), u is new.
+    let v2 = format!(
+        "[[upstream]]\nname = \"t\"\ntransport = \"stdio\"\ncommand = \"{BIN}\"\nallow = [\"echo\", \"slow\", \"pid\", \"add\"]\n\n[[upstream]]\nname = \"u\"\ntransport = \"stdio\"\ncommand = \"{BIN}\"\nallow = [\"echo\"]\nscopes = \"tools:t\"\n"
+    );
+    std::fs::write(&path, &v2).unwrap();
+    served.signal("HUP");
+    eventually("the new upstreams are served", || {
+        let app = &app;
+        let token = &token;
+        async move {
+            let n = names(&list(app, token).await);
+            n.contains(&"t_add".to_owned()) && n.contains(&"u_echo".to_owned())
+        }
+    })
+    .await;
+    while let Some(chunk) = slow.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        body.contains("\"done\""),
+        "the call in flight finished: {body}"
+    );
+    let r = call(&app, &token, "u_echo", json!({ "text": "new" })).await;
+    assert_eq!(text(&r), "new");
+    let new_pid = call(&app, &token, "t_pid", json!({})).await["structuredContent"]["pid"].clone();
+    assert_ne!(old_pid, new_pid, "a changed upstream runs a new process");
+    eventually("the old process is stopped once its call is done", || {
+        let out = served.output();
+        async move { out.contains("retired upstream stopped") }
+    })
+    .await;
+
+    // A configuration that no longer checks changes nothing and says why.
+    std::fs::write(&path, format!("{v2}\n[[upstream]]\nname = \"Bad Name\"\n")).unwrap();
+    served.signal("HUP");
+    eventually("the refusal is logged", || {
+        let out = served.output();
+        async move { out.contains("configuration not reloaded") }
+    })
+    .await;
+    assert!(
+        served.output().contains("upstream `Bad Name`, key `name`"),
+        "{}",
+        served.output()
+    );
+    let r = call(&app, &token, "u_echo", json!({ "text": "still" })).await;
+    assert_eq!(text(&r), "still");
+    served.stop().await;
 }
