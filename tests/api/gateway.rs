@@ -21,6 +21,7 @@ both_backends!(
     concurrent_calls_share_one_initialized_process,
     progress_from_an_upstream_reaches_an_sse_client,
     idempotency_keys_and_audit_apply_to_upstream_tools,
+    the_sdk_client_uses_server_everything_through_gatehouse,
 );
 
 both_backends!(
@@ -815,4 +816,76 @@ async fn sighup_reloads_the_upstreams_without_dropping_calls_in_flight(db: TestD
     let r = call(&app, &token, "u_echo", json!({ "text": "still" })).await;
     assert_eq!(text(&r), "still");
     served.stop().await;
+}
+
+/// The reference server from npm over stdio, listed and called through Gatehouse by the
+/// official TypeScript SDK client.
+async fn the_sdk_client_uses_server_everything_through_gatehouse(backend: Backend) {
+    let Some(dir) = crate::legacy_sse::sdk_dir() else {
+        return;
+    };
+    let config = format!(
+        "[[upstream]]\nname = \"everything\"\ntransport = \"stdio\"\ncommand = \"{dir}/node_modules/node/bin/node\"\nargs = [\"{dir}/node_modules/@modelcontextprotocol/server-everything/dist/index.js\", \"stdio\"]\nscopes = \"tools:t\"\ntimeout_secs = 20\n"
+    );
+    let Some(app) = spawn(backend, &config).await else {
+        return;
+    };
+    let token = pat(&app, "account:read tools:t").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sse-client/client.mjs");
+    let run = |tool: &str, args: Value| {
+        let mut cmd = tokio::process::Command::new(format!("{dir}/node_modules/node/bin/node"));
+        cmd.arg(script)
+            .args(["call", &app.url("/mcp"), &token, tool, &args.to_string()])
+            .env("MCP_SDK_DIR", &dir)
+            .kill_on_drop(true);
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+                .await
+                .expect("the SDK client finishes")
+                .expect("node runs");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{}\n{stdout}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_str::<Value>(stdout.lines().last().unwrap_or_default()).unwrap()
+        }
+    };
+    let out = run(
+        "everything_echo",
+        json!({ "message": "through the gateway" }),
+    )
+    .await;
+    let names: Vec<&str> = out["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"whoami") && names.contains(&"everything_echo"),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("everything_"))
+            .count()
+            >= 5,
+        "{names:?}"
+    );
+    for n in &names {
+        assert!(portable(n), "{n}");
+    }
+    assert_ne!(out["result"]["isError"], true, "{out}");
+    let text = out["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("through the gateway"), "{out}");
+    let sum = run("everything_get-sum", json!({ "a": 2, "b": 40 })).await;
+    let text = sum["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("42"), "{sum}");
 }

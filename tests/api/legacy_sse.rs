@@ -32,7 +32,7 @@ static SKIP_NOTICE: Once = Once::new();
 
 /// Where `scripts/ensure-mcp-sdk` installed Node and the SDK; `None` (the case is
 /// skipped, with one line saying so) unless `GATEHOUSE_REQUIRE_NODE` is set.
-fn sdk_dir() -> Option<String> {
+pub(crate) fn sdk_dir() -> Option<String> {
     match std::env::var("MCP_SDK_DIR") {
         Ok(d) => Some(d),
         Err(_) if std::env::var_os("GATEHOUSE_REQUIRE_NODE").is_some() => {
