@@ -7,6 +7,13 @@
 //! (`TEST_UPSTREAM_AUDIENCE`), expiry, a lifetime of at most 60 s, the tool, and the
 //! digest of the arguments. A call that fails the check gets an error result saying why.
 //!
+//! With `--http`, it serves Streamable HTTP at `http://127.0.0.1:<port>/mcp` instead (the
+//! first line on stdout says where; `PORT` picks the port): stateful, with an
+//! `Mcp-Session-Id` from `initialize` required on every later request (404 once
+//! forgotten, see the `forget_sessions` tool); the identity token comes in
+//! `Authorization: Bearer` (or the header `TEST_UPSTREAM_IDENTITY_HEADER` names); a call
+//! with a progress token is answered as an SSE stream.
+//!
 //! Other settings: `TEST_UPSTREAM_EXIT_AT_START` (a message: written to stderr, then
 //! exit 2, for crash loops), `TEST_UPSTREAM_PAGE` (tools per `tools/list` page, 4),
 //! `TEST_UPSTREAM_VARIANT` (changes the `echo` description, for pinning tests).
@@ -22,6 +29,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, mpsc};
 
 static INITIALIZED: AtomicU64 = AtomicU64::new(0);
+/// Where the HTTP layer tells the tools which request headers came (names only).
+const HEADERS_META: &str = "test/http_headers";
 static CANCELLED: AtomicU64 = AtomicU64::new(0);
 
 fn tools() -> Vec<Value> {
@@ -86,6 +95,11 @@ fn tools() -> Vec<Value> {
         }),
         json!({
             "name": "pid", "description": "This process's id and how often it was initialized.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "forget_sessions", "description": "Forgets every HTTP session, as a restarted server would.",
             "inputSchema": { "type": "object", "properties": {} },
             "annotations": read_only,
         }),
@@ -171,6 +185,9 @@ async fn main() {
         std::process::exit(2);
     }
     let verifier = Arc::new(Verifier::from_env());
+    if std::env::args().any(|a| a == "--http") {
+        return http::serve(verifier).await;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
@@ -320,12 +337,13 @@ async fn call(
         "whoami" | "write_note" => {
             let meta_keys: Vec<&String> = meta
                 .as_object()
-                .map(|m| m.keys().collect())
+                .map(|m| m.keys().filter(|k| *k != HEADERS_META).collect())
                 .unwrap_or_default();
             // The token itself too, so a test can check that nothing else accepts it.
             let seen = json!({
                 "claims": claims,
                 "meta_keys": meta_keys,
+                "http_headers": meta[HEADERS_META],
                 "arguments": args,
                 "identity_token": meta[identity::META_KEY],
             });
@@ -362,6 +380,10 @@ async fn call(
             let info = json!({ "pid": std::process::id(), "initialized": INITIALIZED.load(Ordering::Relaxed) });
             json!({ "content": [{ "type": "text", "text": info.to_string() }], "structuredContent": info, "isError": false })
         }
+        "forget_sessions" => {
+            http::SESSIONS.lock().await.clear();
+            text_result("forgotten")
+        }
         "dotted.name/v1" => text_result("dotted"),
         "unportable" => text_result("unportable"),
         other => {
@@ -370,4 +392,144 @@ async fn call(
             );
         }
     })
+}
+
+mod http {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::sse::{Event, Sse};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use serde_json::{Value, json};
+    use tokio::sync::{Mutex, mpsc};
+
+    use super::{HEADERS_META, Verifier, handle, identity};
+
+    pub static SESSIONS: std::sync::LazyLock<Mutex<HashSet<String>>> =
+        std::sync::LazyLock::new(Mutex::default);
+
+    type Hanging = Arc<Mutex<std::collections::HashMap<String, ()>>>;
+
+    #[derive(Clone)]
+    struct Ctx {
+        verifier: Arc<Option<Verifier>>,
+        hanging: Hanging,
+    }
+
+    pub async fn serve(verifier: Arc<Option<Verifier>>) {
+        let port = std::env::var("PORT").unwrap_or_else(|_| "0".into());
+        let Ok(listener) = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await else {
+            eprintln!("cannot listen");
+            std::process::exit(1);
+        };
+        let Ok(addr) = listener.local_addr() else {
+            std::process::exit(1);
+        };
+        println!("listening on http://{addr}/mcp");
+        let ctx = Ctx {
+            verifier,
+            hanging: Arc::default(),
+        };
+        let app = Router::new().route("/mcp", post(mcp)).with_state(ctx);
+        let _ = axum::serve(listener, app).await;
+    }
+
+    async fn mcp(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+        let Ok(Value::Object(mut msg)) = serde_json::from_slice::<Value>(&body) else {
+            return (StatusCode::BAD_REQUEST, "not JSON").into_response();
+        };
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let session = headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut minted = None;
+        if method == "initialize" {
+            let id = format!("s-{}", rand::random::<u64>());
+            SESSIONS.lock().await.insert(id.clone());
+            minted = Some(id);
+        } else {
+            let known = match &session {
+                Some(s) => SESSIONS.lock().await.contains(s),
+                None => false,
+            };
+            if !known {
+                return (StatusCode::NOT_FOUND, "unknown session").into_response();
+            }
+        }
+        let Some(id) = msg.get("id").cloned() else {
+            tokio::spawn(handle(
+                msg,
+                mpsc::unbounded_channel().0,
+                ctx.verifier,
+                ctx.hanging,
+            ));
+            return StatusCode::ACCEPTED.into_response();
+        };
+        let identity_header = std::env::var("TEST_UPSTREAM_IDENTITY_HEADER")
+            .unwrap_or_else(|_| "authorization".into());
+        let token = headers
+            .get(identity_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).to_owned());
+        let mut names: Vec<String> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        let params = msg.entry("params").or_insert_with(|| json!({}));
+        let streaming = params["_meta"].get("progressToken").is_some();
+        if let Some(meta) = params
+            .as_object_mut()
+            .map(|p| p.entry("_meta").or_insert_with(|| json!({})))
+            .and_then(Value::as_object_mut)
+        {
+            if let Some(t) = token {
+                meta.insert(identity::META_KEY.into(), json!(t));
+            }
+            meta.insert(HEADERS_META.into(), json!(names));
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(handle(msg, tx, ctx.verifier, ctx.hanging));
+        let mut response = if streaming {
+            Sse::new(events(rx, id)).into_response()
+        } else {
+            loop {
+                match rx.recv().await {
+                    Some(m) if m.get("id") == Some(&id) => break axum::Json(m).into_response(),
+                    Some(_) => continue,
+                    // A call that never answers (`hang`): the request stays open until
+                    // the client gives up.
+                    None => std::future::pending::<()>().await,
+                }
+            }
+        };
+        if let Some(sid) = minted
+            && let Ok(v) = sid.parse()
+        {
+            response.headers_mut().insert("mcp-session-id", v);
+        }
+        response
+    }
+
+    /// The messages for one request as SSE events, ending after its answer.
+    fn events(
+        rx: mpsc::UnboundedReceiver<Value>,
+        id: Value,
+    ) -> impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>> {
+        futures_util::stream::unfold((rx, id, false), |(mut rx, id, done)| async move {
+            if done {
+                return None;
+            }
+            let m = rx.recv().await?;
+            let last = m.get("id") == Some(&id) && m.get("method").is_none();
+            Some((Ok(Event::default().data(m.to_string())), (rx, id, last)))
+        })
+    }
 }

@@ -514,12 +514,21 @@ fn check_one(
             return Err(at.error(what, format!("{p:?}: `*` may only end a name")));
         }
     }
-    if !matches!(transport, Transport::Stdio { .. }) {
+    if let Transport::Http { headers, .. } | Transport::OpenApi { headers, .. } = &transport
+        && identity_header == "authorization"
+        && headers.contains_key("authorization")
+    {
+        return Err(at.error(
+            "headers.authorization",
+            "Authorization carries Gatehouse's identity token; to send the upstream's own credential there, set identity_header to another header",
+        ));
+    }
+    if matches!(transport, Transport::OpenApi { .. }) {
         // Parsed and checked already, so configurations can be written ahead.
         return Err(at.error(
             "transport",
             format!(
-                "{:?} is not served by this version yet (only \"stdio\" is)",
+                "{:?} is not served by this version yet (\"stdio\" and \"http\" are)",
                 transport.kind()
             ),
         ));

@@ -13,6 +13,7 @@
 //! An upstream call never carries the caller's token or headers: it carries an
 //! [`identity`] token signed by Gatehouse for that upstream, tool and arguments.
 
+pub mod http;
 pub mod identity;
 pub mod naming;
 pub mod stdio;
@@ -65,6 +66,7 @@ type Listing = Vec<Map<String, Value>>;
 
 enum Link {
     Stdio(stdio::StdioUpstream),
+    Http(Arc<http::HttpUpstream>),
 }
 
 /// A tool the upstream offers that is not served, and why.
@@ -97,6 +99,7 @@ pub struct Upstream {
     stop: watch::Sender<bool>,
     /// Calls it is answering now, so that a reload stops it only once they are done.
     in_flight: AtomicUsize,
+    service: http::ServiceToken,
     idle: tokio::sync::Notify,
 }
 
@@ -108,6 +111,7 @@ impl Upstream {
     pub fn is_up(&self) -> bool {
         match &self.link {
             Link::Stdio(s) => s.is_up(),
+            Link::Http(h) => h.is_up(),
         }
     }
 
@@ -116,6 +120,7 @@ impl Upstream {
         match &self.link {
             Link::Stdio(s) if s.is_up() => "up".into(),
             Link::Stdio(s) => s.why_down(),
+            Link::Http(h) => h.status(),
         }
     }
 
@@ -132,12 +137,14 @@ impl Upstream {
     async fn settled(&self) {
         match &self.link {
             Link::Stdio(s) => s.settled().await,
+            Link::Http(h) => h.settled().await,
         }
     }
 
     pub fn is_parked(&self) -> bool {
         match &self.link {
             Link::Stdio(s) => s.is_parked(),
+            Link::Http(_) => false,
         }
     }
 
@@ -145,6 +152,7 @@ impl Upstream {
     async fn stopped(&self) {
         match &self.link {
             Link::Stdio(s) => s.stopped(Duration::from_secs(5)).await,
+            Link::Http(h) => h.stopped(Duration::from_secs(5)).await,
         }
     }
 
@@ -182,6 +190,11 @@ impl Upstream {
                 .unwrap_or(Err(CallError::Timeout(self.config.timeout.as_secs()))),
                 Err(e) => Err(e),
             },
+            Link::Http(h) => {
+                tokio::time::timeout(self.config.timeout, list_http(h, self.service_token()))
+                    .await
+                    .unwrap_or(Err(CallError::Timeout(self.config.timeout.as_secs())))
+            }
         };
         match listed {
             Ok(tools) => {
@@ -217,7 +230,17 @@ impl Upstream {
                 });
                 conn.request("tools/call", params, progress).await
             }
+            Link::Http(h) => {
+                let params = json!({ "name": tool, "arguments": arguments });
+                h.request("tools/call", params, Some(identity), progress)
+                    .await
+            }
         }
+    }
+
+    /// A token for requests that are not a user's call (listing).
+    fn service_token(&self) -> Option<String> {
+        (self.service)()
     }
 }
 
@@ -239,12 +262,14 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 /// Starts the link to one upstream; `None` for transports not served yet (the
 /// configuration check refuses those first).
 fn start_upstream(
+    state: &AppState,
     config: &UpstreamConfig,
-    gw: &crate::config::GatewayConfig,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Option<Arc<Upstream>> {
+    let gw = &state.config.gateway;
     let stats = Arc::new(UpstreamStats::default());
     let (stop, stop_rx) = watch::channel(false);
+    let service = service_token(state.clone(), config.audience.clone());
     let link = match &config.transport {
         Transport::Stdio {
             command,
@@ -283,7 +308,22 @@ fn start_upstream(
                 stop_rx,
             ))
         }
-        Transport::Http { .. } | Transport::OpenApi { .. } => return None,
+        Transport::Http { url, headers } => Link::Http(http::HttpUpstream::start(
+            http::Settings {
+                upstream: config.name.to_string(),
+                url: url.clone(),
+                headers: headers.clone(),
+                identity_header: config.identity_header.clone(),
+                timeout: config.timeout,
+                max_bytes: gw.max_response_bytes,
+                backoff: gw.restart_backoff,
+                stats: stats.clone(),
+            },
+            service.clone(),
+            events.clone(),
+            stop_rx,
+        )),
+        Transport::OpenApi { .. } => return None,
     };
     Some(Arc::new(Upstream {
         config: config.clone(),
@@ -294,7 +334,56 @@ fn start_upstream(
         stop,
         in_flight: AtomicUsize::new(0),
         idle: tokio::sync::Notify::new(),
+        service,
     }))
+}
+
+/// Identity tokens for the gateway's own requests to an upstream (negotiation,
+/// listing): `sub` `gatehouse`, credential `gateway`, no tool, empty arguments.
+fn service_token(state: AppState, audience: String) -> http::ServiceToken {
+    Arc::new(move || {
+        let now = state.clock.now();
+        let claims = identity::IdentityClaims {
+            iss: state.config.server.public_url.clone(),
+            aud: audience.clone(),
+            sub: "gatehouse".into(),
+            org: String::new(),
+            roles: Vec::new(),
+            scope: String::new(),
+            client_id: None,
+            credential: "gateway".into(),
+            tool: String::new(),
+            args_sha256: identity::args_digest(&json!({})),
+            jti: crate::crypto::random::id("idt"),
+            iat: now,
+            exp: now + state.config.gateway.identity_ttl_secs,
+        };
+        identity::sign(&state.keys.current(), &claims).ok()
+    })
+}
+
+/// Every page of an HTTP upstream's `tools/list` (at most 100).
+async fn list_http(
+    h: &Arc<http::HttpUpstream>,
+    token: Option<String>,
+) -> Result<Listing, CallError> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let params = match &cursor {
+            Some(c) => json!({ "cursor": c }),
+            None => json!({}),
+        };
+        let page = h.request("tools/list", params, token.clone(), None).await?;
+        if let Some(items) = page.get("tools").and_then(Value::as_array) {
+            out.extend(items.iter().filter_map(|v| v.as_object().cloned()));
+        }
+        match page.get("nextCursor").and_then(Value::as_str) {
+            Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(out)
 }
 
 impl Gateway {
@@ -307,7 +396,7 @@ impl Gateway {
         let upstreams: Vec<Arc<Upstream>> = gw
             .upstreams
             .iter()
-            .filter_map(|c| start_upstream(c, gw, &events))
+            .filter_map(|c| start_upstream(&state, c, &events))
             .collect();
         settle(&upstreams).await;
         let current: Current = Arc::new(RwLock::new(upstreams));
@@ -353,14 +442,13 @@ impl Gateway {
     /// timeout), so no call in flight is dropped.
     pub async fn reload(&self, configs: &[UpstreamConfig]) {
         let old = self.upstreams();
-        let gw = &self.state.config.gateway;
         let mut next = Vec::new();
         let mut started = Vec::new();
         for c in configs {
             match old.iter().find(|u| u.config == *c && !u.is_parked()) {
                 Some(u) => next.push(u.clone()),
                 None => {
-                    if let Some(u) = start_upstream(c, gw, &self.events) {
+                    if let Some(u) = start_upstream(&self.state, c, &self.events) {
                         started.push(u.clone());
                         next.push(u);
                     }

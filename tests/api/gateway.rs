@@ -22,11 +22,15 @@ both_backends!(
     progress_from_an_upstream_reaches_an_sse_client,
     idempotency_keys_and_audit_apply_to_upstream_tools,
     the_sdk_client_uses_server_everything_through_gatehouse,
+    an_http_upstream_keeps_its_session_and_gets_only_the_identity_token,
+    an_http_upstream_that_goes_away_drops_out_and_comes_back,
+    the_sdk_client_uses_server_everything_over_http_through_gatehouse,
 );
 
 both_backends!(
     db: upstream_check_reports_what_each_upstream_serves_skips_and_why_it_is_down,
     sighup_reloads_the_upstreams_without_dropping_calls_in_flight,
+    a_modern_upstream_is_spoken_to_at_2026_07_28,
 );
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-test-upstream");
@@ -888,4 +892,288 @@ async fn the_sdk_client_uses_server_everything_through_gatehouse(backend: Backen
         .as_str()
         .unwrap_or_default();
     assert!(text.contains("42"), "{sum}");
+}
+
+/// The test upstream over Streamable HTTP, killed when dropped.
+struct HttpUpstream {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_upstream(env: &[(&str, String)]) -> HttpUpstream {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--http")
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    HttpUpstream { child, url }
+}
+
+/// The app with one HTTP upstream `h` of the test server (which checks its identity
+/// tokens); `extra` goes into its table.
+async fn spawn_with_http(backend: Backend, extra: &str) -> Option<(TestApp, HttpUpstream)> {
+    let mut upstream = None;
+    let extra = extra.to_owned();
+    let app = spawn_app_with(backend, |c| {
+        let issuer = c.server.public_url.clone();
+        let h = http_upstream(&[
+            ("TEST_UPSTREAM_JWKS_URL", format!("{issuer}/jwks")),
+            ("TEST_UPSTREAM_ISSUER", issuer.clone()),
+            ("TEST_UPSTREAM_AUDIENCE", "urn:gatehouse:upstream:h".into()),
+        ]);
+        let text = format!(
+            "[[upstream]]\nname = \"h\"\ntransport = \"http\"\nurl = \"{}\"\nscopes = \"tools:t\"\nheaders = {{ \"x-api-key\" = \"${{H_KEY}}\" }}\n{extra}\n",
+            h.url
+        );
+        upstream = Some(h);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upstreams.toml");
+        std::fs::write(&path, text).unwrap();
+        let parsed = gatehouse::config::Config::load_from(
+            Some(&path),
+            [("H_KEY".to_owned(), "static-key".to_owned())],
+        )
+        .unwrap();
+        c.gateway = parsed.gateway;
+        c.gateway.restart_backoff = Duration::from_millis(20);
+        c.oauth.scopes = parsed.oauth.scopes;
+    })
+    .await?;
+    crate::helpers::seed_owner(&app.store).await;
+    Some((app, upstream.unwrap()))
+}
+
+async fn an_http_upstream_keeps_its_session_and_gets_only_the_identity_token(backend: Backend) {
+    let Some((app, _upstream)) = spawn_with_http(backend, "timeout_secs = 2").await else {
+        return;
+    };
+    let token = pat(&app, "account:read tools:t").await;
+    let names = names(&list(&app, &token).await);
+    assert!(
+        names.contains(&"h_echo".to_owned()) && names.contains(&"h_whoami".to_owned()),
+        "{names:?}"
+    );
+    let r = call(&app, &token, "h_whoami", json!({})).await;
+    assert_eq!(r["isError"], false, "the upstream verified the token: {r}");
+    let seen = &r["structuredContent"];
+    assert_eq!(seen["claims"]["tool"], "whoami");
+    assert_eq!(seen["claims"]["aud"], "urn:gatehouse:upstream:h");
+    assert!(
+        !r.to_string().contains(&token),
+        "the caller's token reached the upstream"
+    );
+    // What reached the upstream: the protocol's headers, the configured key, our token.
+    let headers: Vec<&str> = seen["http_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    for h in &headers {
+        assert!(
+            [
+                "accept",
+                "authorization",
+                "content-length",
+                "content-type",
+                "host",
+                "mcp-protocol-version",
+                "mcp-session-id",
+                "x-api-key"
+            ]
+            .contains(h),
+            "{h} reached the upstream: {headers:?}"
+        );
+    }
+    assert!(
+        headers.contains(&"x-api-key") && headers.contains(&"mcp-session-id"),
+        "{headers:?}"
+    );
+
+    // The upstream forgets its sessions (as on a restart): Gatehouse initializes again.
+    let r = call(&app, &token, "h_forget_sessions", json!({})).await;
+    assert_eq!(text(&r), "forgotten");
+    let r = call(&app, &token, "h_echo", json!({ "text": "again" })).await;
+    assert_eq!(text(&r), "again", "{r}");
+
+    // Progress over the upstream's SSE answer reaches our SSE client.
+    let res = post(
+        &app,
+        &token,
+        json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": { "name": "h_slow", "arguments": { "steps": 2, "delay_ms": 10 }, "_meta": { "progressToken": "hp" } } }),
+    )
+    .await;
+    let body = res.text().await.unwrap();
+    assert_eq!(body.matches("notifications/progress").count(), 2, "{body}");
+    assert!(body.contains("\"hp\"") && body.contains("done"), "{body}");
+
+    // A hung call times out, and the upstream (a session) is told to cancel it.
+    let r = call(&app, &token, "h_hang", json!({})).await;
+    assert!(text(&r).contains("UPSTREAM_TIMEOUT"), "{r}");
+    eventually("the HTTP upstream got notifications/cancelled", || {
+        let app = &app;
+        let token = &token;
+        async move { text(&call(app, token, "h_cancelled", json!({})).await) == "1" }
+    })
+    .await;
+}
+
+async fn an_http_upstream_that_goes_away_drops_out_and_comes_back(backend: Backend) {
+    let Some((app, upstream)) = spawn_with_http(backend, "").await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    assert_eq!(
+        text(&call(&app, &token, "h_echo", json!({ "text": "1" })).await),
+        "1"
+    );
+    let url = upstream.url.clone();
+    let port = url::Url::parse(&url).unwrap().port().unwrap();
+    drop(upstream);
+    let r = call(&app, &token, "h_echo", json!({ "text": "2" })).await;
+    assert!(
+        text(&r).contains("UPSTREAM_UNAVAILABLE") && text(&r).contains("\"h\""),
+        "{r}"
+    );
+    eventually("its tools leave the list", || {
+        let app = &app;
+        let token = &token;
+        async move { !names(&list(app, token).await).contains(&"h_echo".to_owned()) }
+    })
+    .await;
+    // Back on the same port: found again by the supervisor's retries.
+    let issuer = app.addr.clone();
+    let _back = http_upstream(&[
+        ("PORT", port.to_string()),
+        ("TEST_UPSTREAM_JWKS_URL", format!("{issuer}/jwks")),
+        ("TEST_UPSTREAM_ISSUER", issuer.clone()),
+        ("TEST_UPSTREAM_AUDIENCE", "urn:gatehouse:upstream:h".into()),
+    ]);
+    eventually("the upstream is back", || {
+        let app = &app;
+        let token = &token;
+        async move { text(&call(app, token, "h_echo", json!({ "text": "3" })).await) == "3" }
+    })
+    .await;
+}
+
+/// Gatehouse behind Gatehouse: a 2026-07-28 upstream, found by `server/discover`, with
+/// its own credential in `Authorization` and our identity token in another header.
+async fn a_modern_upstream_is_spoken_to_at_2026_07_28(db: TestDb) {
+    let Some(inner) = crate::helpers::spawn_app(db.backend).await else {
+        return;
+    };
+    crate::helpers::seed_owner(&inner.store).await;
+    let inner_pat = crate::mcp::pat(&inner, "account:read").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[upstream]]\nname = \"inner\"\ntransport = \"http\"\nurl = \"{}\"\nidentity_header = \"x-gatehouse-identity\"\nheaders = {{ authorization = \"Bearer ${{INNER_PAT}}\" }}\n",
+            inner.url("/mcp")
+        ),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    let out = cli_env(
+        &db,
+        &["--config", path, "--json", "upstream", "check"],
+        None,
+        &[("INNER_PAT", &inner_pat)],
+    )
+    .await
+    .ok();
+    let report = out.json();
+    let u = &report["upstreams"][0];
+    assert_eq!(u["status"], "up (2026-07-28)", "{report}");
+    let served = u["served"].to_string();
+    assert!(
+        served.contains("inner_whoami") && served.contains("inner_list_access_tokens"),
+        "{served}"
+    );
+    assert!(!out.stdout.contains(&inner_pat));
+}
+
+/// The reference server from npm over Streamable HTTP behind Gatehouse, used by the
+/// official TypeScript SDK client.
+async fn the_sdk_client_uses_server_everything_over_http_through_gatehouse(backend: Backend) {
+    let Some(dir) = crate::legacy_sse::sdk_dir() else {
+        return;
+    };
+    let port = crate::process::free_port();
+    let mut server = tokio::process::Command::new(format!("{dir}/node_modules/node/bin/node"))
+        .arg(format!(
+            "{dir}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+        ))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("listening") {
+                break;
+            }
+        }
+    }
+    let config = format!(
+        "[[upstream]]\nname = \"everything\"\ntransport = \"http\"\nurl = \"http://127.0.0.1:{port}/mcp\"\nscopes = \"tools:t\"\n"
+    );
+    let Some(app) = spawn(backend, &config).await else {
+        return;
+    };
+    let token = pat(&app, "account:read tools:t").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sse-client/client.mjs");
+    let out = tokio::process::Command::new(format!("{dir}/node_modules/node/bin/node"))
+        .arg(script)
+        .args([
+            "call",
+            &app.url("/mcp"),
+            &token,
+            "everything_echo",
+            &json!({ "message": "over http" }).to_string(),
+        ])
+        .env("MCP_SDK_DIR", &dir)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let text = out["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("over http"), "{out}");
+    let _ = server.kill().await;
 }
