@@ -16,7 +16,8 @@
 //!
 //! Other settings: `TEST_UPSTREAM_EXIT_AT_START` (a message: written to stderr, then
 //! exit 2, for crash loops), `TEST_UPSTREAM_PAGE` (tools per `tools/list` page, 4),
-//! `TEST_UPSTREAM_VARIANT` (changes the `echo` description, for pinning tests).
+//! `TEST_UPSTREAM_VARIANT` (changes the `echo` description, for pinning tests), or
+//! `TEST_UPSTREAM_VARIANT_FILE` (the same, read from that file at every listing).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +35,14 @@ const HEADERS_META: &str = "test/http_headers";
 static CANCELLED: AtomicU64 = AtomicU64::new(0);
 
 fn tools() -> Vec<Value> {
-    let variant = std::env::var("TEST_UPSTREAM_VARIANT").unwrap_or_default();
+    // Read at every listing, so a test can change a definition under a running process.
+    let variant = match std::env::var("TEST_UPSTREAM_VARIANT_FILE") {
+        Ok(path) => std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        Err(_) => std::env::var("TEST_UPSTREAM_VARIANT").unwrap_or_default(),
+    };
     let echo_description = if variant.is_empty() {
         "Echoes its text back.".to_owned()
     } else {
@@ -95,6 +103,11 @@ fn tools() -> Vec<Value> {
         }),
         json!({
             "name": "pid", "description": "This process's id and how often it was initialized.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": read_only,
+        }),
+        json!({
+            "name": "announce_change", "description": "Sends notifications/tools/list_changed.",
             "inputSchema": { "type": "object", "properties": {} },
             "annotations": read_only,
         }),
@@ -379,6 +392,11 @@ async fn call(
         "pid" => {
             let info = json!({ "pid": std::process::id(), "initialized": INITIALIZED.load(Ordering::Relaxed) });
             json!({ "content": [{ "type": "text", "text": info.to_string() }], "structuredContent": info, "isError": false })
+        }
+        "announce_change" => {
+            let _ =
+                out.send(json!({ "jsonrpc": "2.0", "method": "notifications/tools/list_changed" }));
+            text_result("announced")
         }
         "forget_sessions" => {
             http::SESSIONS.lock().await.clear();

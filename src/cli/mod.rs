@@ -105,6 +105,15 @@ enum UpstreamCommand {
     /// works, the public name of each tool it serves, what it skipped and why, lint
     /// findings and the size of its tools/list entries. Exits 1 if one is not up.
     Check,
+    /// Approve the changed tool definitions of upstream NAME that `on_change = "block"`
+    /// holds back (`upstream check` lists them); running servers serve them within seconds.
+    Approve {
+        /// The upstream's `name`.
+        name: String,
+        /// Only this tool (its name at the upstream).
+        #[arg(long)]
+        tool: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -571,7 +580,26 @@ impl Ctx {
             Command::Serve
             | Command::Healthcheck
             | Command::Backup { .. }
-            | Command::Upstream(_) => Ok(()),
+            | Command::Upstream(UpstreamCommand::Check) => Ok(()),
+            Command::Upstream(UpstreamCommand::Approve { name, tool }) => {
+                let approved = self
+                    .store
+                    .approve_tool_changes(&name, tool.as_deref(), self.now, "cli")
+                    .await
+                    .map_err(|e| anyhow!(describe(e)))?;
+                if approved.is_empty() {
+                    bail!("no changed tool of upstream {name:?} waits for approval");
+                }
+                self.print(
+                    format!(
+                        "approved {} changed tool(s) of {name}: {}\n",
+                        approved.len(),
+                        approved.join(", ")
+                    ),
+                    json!({ "upstream": name, "approved": approved }),
+                );
+                Ok(())
+            }
             Command::Migrate => {
                 self.print(
                     format!("database is up to date ({})\n", self.store.backend()),

@@ -27,13 +27,15 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::UpstreamConfig;
-use crate::config::upstream::Transport;
+use crate::config::upstream::{OnChange, Transport};
 use crate::mcp::tools::{
     Annotations, MAX_DESCRIPTION_CHARS, Registry, Tool, ToolContext, ToolFuture, ToolResult,
     ToolSpec,
 };
 use crate::metrics::{ToolOutcome, ToolStats, UpstreamStats};
 use crate::state::AppState;
+use crate::storage::AuditEntry;
+use crate::storage::pins::ToolPin;
 
 /// Why an upstream call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -404,6 +406,8 @@ impl Gateway {
             state: state.clone(),
             current: current.clone(),
             stats: HashMap::new(),
+            pins: HashMap::new(),
+            blocked: HashMap::new(),
         };
         merger.refresh_all().await;
         let handle = tokio::spawn(merger.run(events_rx, stop_rx));
@@ -519,9 +523,116 @@ struct Merger {
     current: Current,
     /// Each public tool's metrics, kept across rebuilds.
     stats: HashMap<String, Arc<ToolStats>>,
+    /// The tool pins as last read, by (upstream, tool).
+    pins: HashMap<(String, String), ToolPin>,
+    /// Tools held back by `on_change = "block"`, with the digest waiting for approval.
+    blocked: HashMap<(String, String), String>,
+}
+
+/// How often pins are read again while a changed tool waits for approval.
+const APPROVAL_POLL: Duration = Duration::from_secs(2);
+
+/// The digest a tool is pinned by: SHA-256 of its whole definition (RFC 8785).
+fn definition_digest(def: &Map<String, Value>) -> String {
+    identity::args_digest(&Value::Object(def.clone()))
 }
 
 impl Merger {
+    /// Whether the upstream's tool `tool` may be served as `def` defines it now: pinned
+    /// when first seen; a changed definition goes by the upstream's `on_change`.
+    async fn check_pin(
+        &mut self,
+        u: &Upstream,
+        tool: &str,
+        def: &Map<String, Value>,
+    ) -> Result<(), String> {
+        let key = (u.name().to_owned(), tool.to_owned());
+        let digest = definition_digest(def);
+        let store = &self.state.store;
+        let now = self.state.clock.now();
+        let pin = match self.pins.get(&key) {
+            Some(p) => p.clone(),
+            None => match store.pin_tool(u.name(), tool, &digest, now).await {
+                Ok(p) => {
+                    self.pins.insert(key.clone(), p.clone());
+                    p
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %u.name(), tool, error = %e, "could not pin a new tool; it is not served until it can be");
+                    return Err(
+                        "it is new and could not be pinned (the database is unavailable)".into(),
+                    );
+                }
+            },
+        };
+        if pin.digest == digest {
+            return Ok(());
+        }
+        let on_change = u.config.on_change;
+        let accept = on_change != OnChange::Block;
+        let audit = AuditEntry::new(now, "system", "gateway.tool_changed")
+            .target(format!("upstream:{}/tool:{tool}", u.name()))
+            .detail(json!({
+                "on_change": on_change.as_str(),
+                "approved_digest": pin.digest,
+                "new_digest": digest,
+            }));
+        let definition = Value::Object(def.clone()).to_string();
+        match store
+            .record_tool_change(&pin, &digest, &definition, accept, now, &audit)
+            .await
+        {
+            Ok(true) if accept => {
+                if on_change == OnChange::Warn {
+                    tracing::warn!(upstream = %u.name(), tool, "an upstream changed a tool's definition; served as changed (on_change = warn)");
+                } else {
+                    tracing::info!(upstream = %u.name(), tool, "an upstream changed a tool's definition (on_change = accept)");
+                }
+                if let Some(p) = self.pins.get_mut(&key) {
+                    p.digest = digest;
+                }
+                Ok(())
+            }
+            Ok(true) => {
+                tracing::warn!(upstream = %u.name(), tool, "an upstream changed a tool's definition; it is not served until approved: gatehouse upstream approve {}", u.name());
+                self.blocked.insert(key, digest);
+                Err(Self::blocked_reason(u.name()))
+            }
+            Ok(false) if accept => Ok(()),
+            Ok(false) => {
+                self.blocked.insert(key, digest);
+                Err(Self::blocked_reason(u.name()))
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %u.name(), tool, error = %e, "could not record a changed tool definition");
+                if accept {
+                    Ok(())
+                } else {
+                    self.blocked.insert(key, digest);
+                    Err(Self::blocked_reason(u.name()))
+                }
+            }
+        }
+    }
+
+    fn blocked_reason(upstream: &str) -> String {
+        format!(
+            "its definition changed since it was approved (on_change = block): review it and run `gatehouse upstream approve {upstream}`"
+        )
+    }
+
+    /// Whether a tool held back has been approved since (by any instance or the CLI).
+    async fn approvals_arrived(&self) -> bool {
+        let Ok(pins) = self.state.store.tool_pins().await else {
+            return false;
+        };
+        pins.iter().any(|p| {
+            self.blocked
+                .get(&(p.upstream.clone(), p.tool.clone()))
+                .is_some_and(|waiting| *waiting == p.digest)
+        })
+    }
+
     fn upstreams(&self) -> Vec<Arc<Upstream>> {
         self.current.read().map(|c| c.clone()).unwrap_or_default()
     }
@@ -539,8 +650,20 @@ impl Merger {
             let all = |names: &mut Vec<String>, upstreams: &[Arc<Upstream>]| {
                 names.extend(upstreams.iter().map(|u| u.name().to_owned()));
             };
+            let waiting = !self.blocked.is_empty();
             tokio::select! {
                 _ = tick.tick() => all(&mut names, &self.upstreams()),
+                _ = async {
+                    if waiting {
+                        tokio::time::sleep(APPROVAL_POLL).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    if !self.approvals_arrived().await {
+                        continue;
+                    }
+                }
                 e = events.recv() => match e {
                     Some(Event::Changed(n) | Event::ListChanged(n)) => names.push(n),
                     Some(Event::Reloaded) => all(&mut names, &self.upstreams()),
@@ -564,19 +687,32 @@ impl Merger {
             {
                 u.refresh().await;
             }
-            self.merge();
+            self.merge().await;
         }
     }
 
     async fn refresh_all(&mut self) {
         let upstreams = self.upstreams();
         futures_util::future::join_all(upstreams.iter().map(|u| u.refresh())).await;
-        self.merge();
+        self.merge().await;
     }
 
     /// Builds the merged list from the last listings and puts it in place.
-    fn merge(&mut self) {
-        let builtin: Vec<&str> = self.state.tools.tool_names().collect();
+    async fn merge(&mut self) {
+        let builtin: Vec<String> = self.state.tools.tool_names().map(str::to_owned).collect();
+        let builtin: Vec<&str> = builtin.iter().map(String::as_str).collect();
+        match self.state.store.tool_pins().await {
+            Ok(pins) => {
+                self.pins = pins
+                    .into_iter()
+                    .map(|p| ((p.upstream.clone(), p.tool.clone()), p))
+                    .collect();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tool pins unreadable; the last ones read are used");
+            }
+        }
+        self.blocked.clear();
         let mut candidates = Vec::new();
         let mut reports: BTreeMap<String, Report> = BTreeMap::new();
         let upstreams = self.upstreams();
@@ -606,6 +742,7 @@ impl Merger {
                     });
                     continue;
                 }
+                let held = self.check_pin(u, tool, def).await.err();
                 candidates.push((
                     naming::Candidate {
                         upstream: u.name().to_owned(),
@@ -615,10 +752,12 @@ impl Merger {
                     },
                     u.clone(),
                     def,
+                    held,
                 ));
             }
         }
-        let plain: Vec<naming::Candidate> = candidates.iter().map(|(c, _, _)| c.clone()).collect();
+        let plain: Vec<naming::Candidate> =
+            candidates.iter().map(|(c, _, _, _)| c.clone()).collect();
         let (names, collisions) = naming::assign(&builtin, &plain);
         for c in collisions {
             tracing::warn!(upstream = %c.upstream, tool = %c.tool, wanted = %c.wanted, given = %c.given, "tool name collision resolved");
@@ -635,8 +774,30 @@ impl Merger {
         let mut stats = HashMap::new();
         let upstream_up: HashMap<&str, bool> =
             upstreams.iter().map(|u| (u.name(), u.is_up())).collect();
-        for ((candidate, upstream, def), public) in candidates.into_iter().zip(names) {
+        for ((candidate, upstream, def, held), public) in candidates.into_iter().zip(names) {
             let report = reports.entry(candidate.upstream.clone()).or_default();
+            if let Some(reason) = held {
+                // Unlisted, but a call to it says why it is not served.
+                if let Ok(spec) = ToolSpec::new(&public, "") {
+                    let message = format!(
+                        "the upstream {:?} changed the tool {} since it was approved; an administrator must review and approve it first",
+                        candidate.upstream, candidate.tool
+                    );
+                    let _ = registry.add_tool_as(
+                        HeldTool {
+                            spec: spec.input_schema(json!({ "type": "object" })),
+                            message,
+                        },
+                        Arc::default(),
+                        false,
+                    );
+                }
+                report.skipped.push(Skipped {
+                    tool: candidate.tool,
+                    reason,
+                });
+                continue;
+            }
             let (tool, lint) = match UpstreamTool::new(&public, &candidate.tool, def, upstream) {
                 Ok(t) => t,
                 Err(reason) => {
@@ -681,6 +842,23 @@ impl Merger {
         exported.extend(registry.tool_stats());
         self.state.extra_tools.replace(registry);
         self.state.metrics.mcp.export_tools(exported);
+    }
+}
+
+/// A tool held back by pinning: every call is refused with why.
+struct HeldTool {
+    spec: ToolSpec,
+    message: String,
+}
+
+impl Tool for HeldTool {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, _ctx: ToolContext, _args: Map<String, Value>) -> ToolFuture<'_> {
+        let result = ToolResult::coded_error("TOOL_CHANGED", self.message.clone());
+        Box::pin(async move { result })
     }
 }
 

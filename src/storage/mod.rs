@@ -12,6 +12,7 @@ pub mod credentials;
 mod limits;
 mod mcp;
 pub mod oauth;
+pub mod pins;
 pub mod records;
 pub mod relay;
 mod standing;

@@ -25,6 +25,8 @@ both_backends!(
     an_http_upstream_keeps_its_session_and_gets_only_the_identity_token,
     an_http_upstream_that_goes_away_drops_out_and_comes_back,
     the_sdk_client_uses_server_everything_over_http_through_gatehouse,
+    changed_tools_are_held_until_an_admin_approves_them,
+    on_change_warn_serves_a_changed_tool_and_audits_it,
 );
 
 both_backends!(
@@ -1176,4 +1178,107 @@ async fn the_sdk_client_uses_server_everything_over_http_through_gatehouse(backe
         .unwrap_or_default();
     assert!(text.contains("over http"), "{out}");
     let _ = server.kill().await;
+}
+
+async fn changed_tools_are_held_until_an_admin_approves_them(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let variant = dir.path().join("variant");
+    std::fs::write(&variant, "").unwrap();
+    let config = upstream_t(&format!(
+        "[upstream.env]\nTEST_UPSTREAM_VARIANT_FILE = \"{}\"",
+        variant.display()
+    ))
+    .replace("env = {", "# env = {");
+    let Some(app) = spawn(backend, &config).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    let echo = |tools: &[Value]| tools.iter().find(|t| t["name"] == "t_echo").cloned();
+    assert!(echo(&list(&app, &token).await).is_some());
+
+    // The upstream rewrites echo's description and says its list changed.
+    std::fs::write(&variant, "v2").unwrap();
+    assert_eq!(
+        text(&call(&app, &token, "t_announce_change", json!({})).await),
+        "announced"
+    );
+    eventually("the changed tool leaves the list", || {
+        let app = &app;
+        let token = &token;
+        async move { echo(&list(app, token).await).is_none() }
+    })
+    .await;
+    let r = call(&app, &token, "t_echo", json!({ "text": "x" })).await;
+    assert!(text(&r).starts_with("TOOL_CHANGED"), "{r}");
+    assert!(
+        names(&list(&app, &token).await).contains(&"t_add".to_owned()),
+        "unchanged tools stay"
+    );
+    eventually("the change is audited", || {
+        let app = &app;
+        async move {
+            app.count("SELECT COUNT(*) FROM audit_log WHERE action = 'gateway.tool_changed' AND target = 'upstream:t/tool:echo'").await == 1
+        }
+    })
+    .await;
+
+    let out = cli_env(&app.db, &["--json", "upstream", "approve", "t"], None, &[])
+        .await
+        .ok();
+    assert_eq!(out.json()["approved"], json!(["echo"]));
+    eventually("the approved tool is served as changed", || {
+        let app = &app;
+        let token = &token;
+        async move {
+            echo(&list(app, token).await)
+                .is_some_and(|t| t["description"].as_str().unwrap().contains("(v2)"))
+        }
+    })
+    .await;
+    assert_eq!(
+        text(&call(&app, &token, "t_echo", json!({ "text": "y" })).await),
+        "y"
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM audit_log WHERE action = 'gateway.tool_approved' AND actor = 'cli'").await,
+        1
+    );
+    // Nothing else waits.
+    cli_env(&app.db, &["upstream", "approve", "t"], None, &[])
+        .await
+        .failed();
+}
+
+async fn on_change_warn_serves_a_changed_tool_and_audits_it(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let variant = dir.path().join("variant");
+    std::fs::write(&variant, "").unwrap();
+    let config = upstream_t(&format!(
+        "on_change = \"warn\"\n[upstream.env]\nTEST_UPSTREAM_VARIANT_FILE = \"{}\"",
+        variant.display()
+    ))
+    .replace("env = {", "# env = {");
+    let Some(app) = spawn(backend, &config).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    std::fs::write(&variant, "v3").unwrap();
+    call(&app, &token, "t_announce_change", json!({})).await;
+    eventually("the changed tool is served as changed", || {
+        let app = &app;
+        let token = &token;
+        async move {
+            list(app, token).await.iter().any(|t| {
+                t["name"] == "t_echo" && t["description"].as_str().unwrap().contains("(v3)")
+            })
+        }
+    })
+    .await;
+    eventually("the change is audited", || {
+        let app = &app;
+        async move {
+            app.count("SELECT COUNT(*) FROM audit_log WHERE action = 'gateway.tool_changed' AND detail LIKE '%warn%'").await == 1
+        }
+    })
+    .await;
 }
