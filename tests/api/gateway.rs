@@ -27,6 +27,7 @@ both_backends!(
     the_sdk_client_uses_server_everything_over_http_through_gatehouse,
     changed_tools_are_held_until_an_admin_approves_them,
     on_change_warn_serves_a_changed_tool_and_audits_it,
+    a_client_that_goes_away_cancels_the_upstream_call,
 );
 
 both_backends!(
@@ -1279,6 +1280,29 @@ async fn on_change_warn_serves_a_changed_tool_and_audits_it(backend: Backend) {
         async move {
             app.count("SELECT COUNT(*) FROM audit_log WHERE action = 'gateway.tool_changed' AND detail LIKE '%warn%'").await == 1
         }
+    })
+    .await;
+}
+
+async fn a_client_that_goes_away_cancels_the_upstream_call(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t("")).await else {
+        return;
+    };
+    let token = pat(&app, "tools:t").await;
+    // A plain JSON request (no SSE) whose connection is dropped while the call hangs.
+    let request = app
+        .client
+        .post(app.url("/mcp"))
+        .header("accept", "application/json")
+        .header("mcp-protocol-version", "2025-11-25")
+        .bearer_auth(&token)
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "t_hang", "arguments": {} } }))
+        .send();
+    assert!(tokio::time::timeout(Duration::from_millis(500), request).await.is_err());
+    eventually("the upstream got notifications/cancelled", || {
+        let app = &app;
+        let token = &token;
+        async move { text(&call(app, token, "t_cancelled", json!({})).await) == "1" }
     })
     .await;
 }
