@@ -258,6 +258,10 @@ pub struct Gateway {
     merger: tokio::task::JoinHandle<()>,
 }
 
+/// The most tools taken from one upstream: a runaway listing must not exhaust memory
+/// (each page is bounded by `gateway.max_response_bytes` already).
+pub const MAX_LISTED: usize = 2000;
+
 /// How long start-up waits for upstreams to come up before serving without them.
 const READY_WAIT: Duration = Duration::from_secs(10);
 
@@ -379,6 +383,13 @@ async fn list_http(
         let page = h.request("tools/list", params, token.clone(), None).await?;
         if let Some(items) = page.get("tools").and_then(Value::as_array) {
             out.extend(items.iter().filter_map(|v| v.as_object().cloned()));
+        }
+        if out.len() >= MAX_LISTED {
+            out.truncate(MAX_LISTED);
+            tracing::warn!(
+                "an upstream lists more than {MAX_LISTED} tools; the rest are not served"
+            );
+            break;
         }
         match page.get("nextCursor").and_then(Value::as_str) {
             Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),

@@ -785,6 +785,11 @@ pub async fn list_all(
         if let Some(items) = page.get(key).and_then(Value::as_array) {
             out.extend(items.iter().filter_map(|v| v.as_object().cloned()));
         }
+        if out.len() >= super::MAX_LISTED {
+            out.truncate(super::MAX_LISTED);
+            tracing::warn!(upstream = %conn.upstream, "an upstream lists more than {} tools; the rest are not served", super::MAX_LISTED);
+            return Ok(out);
+        }
         match page.get("nextCursor").and_then(Value::as_str) {
             Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
             _ => return Ok(out),

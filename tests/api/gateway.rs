@@ -1298,7 +1298,11 @@ async fn a_client_that_goes_away_cancels_the_upstream_call(backend: Backend) {
         .bearer_auth(&token)
         .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "t_hang", "arguments": {} } }))
         .send();
-    assert!(tokio::time::timeout(Duration::from_millis(500), request).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), request)
+            .await
+            .is_err()
+    );
     eventually("the upstream got notifications/cancelled", || {
         let app = &app;
         let token = &token;
