@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! bench [--duration SECS] [--connections N] [--postgres URL] [--skip-postgres] [--skip-sqlite]
-//!       [--markdown FILE]
+//!       [--skip-gateway] [--gateway-only] [--markdown FILE]
 //! ```
 
 use std::collections::BTreeMap;
@@ -56,6 +56,10 @@ wrk.headers["MCP-Protocol-Version"] = os.getenv("BENCH_PROTOCOL")
 local token = os.getenv("BENCH_TOKEN")
 if token ~= nil and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
+end
+local session = os.getenv("BENCH_SESSION")
+if session ~= nil and session ~= "" then
+  wrk.headers["Mcp-Session-Id"] = session
 end
 "#;
 
@@ -108,6 +112,7 @@ struct Opts {
     connections: usize,
     postgres: Option<String>,
     sqlite: bool,
+    gateway: bool,
     markdown: Option<PathBuf>,
 }
 
@@ -117,6 +122,7 @@ fn parse_args() -> Result<Opts> {
         connections: 32,
         postgres: Some("postgres://postgres@127.0.0.1:5432/postgres".into()),
         sqlite: true,
+        gateway: true,
         markdown: None,
     };
     let mut args = std::env::args().skip(1);
@@ -128,6 +134,11 @@ fn parse_args() -> Result<Opts> {
             "--postgres" => opts.postgres = Some(value()?),
             "--skip-postgres" => opts.postgres = None,
             "--skip-sqlite" => opts.sqlite = false,
+            "--skip-gateway" => opts.gateway = false,
+            "--gateway-only" => {
+                opts.sqlite = false;
+                opts.postgres = None;
+            }
             "--markdown" => opts.markdown = Some(value()?.into()),
             other => bail!("unknown argument {other:?}"),
         }
@@ -255,10 +266,22 @@ fn gatehouse_env(cmd: &mut Command, db_url: &str, port: u16) {
 
 /// Starts `gatehouse serve`; the time to ready is measured from the spawn.
 fn start_gatehouse(name: &str, db_url: &str) -> Result<(Server, Duration)> {
+    start_gatehouse_with(name, db_url, &[])
+}
+
+/// As [`start_gatehouse`], with more environment (a config file, a page size).
+fn start_gatehouse_with(
+    name: &str,
+    db_url: &str,
+    env: &[(&str, String)],
+) -> Result<(Server, Duration)> {
     let port = free_port()?;
     let mut cmd = Command::new(bin_dir()?.join("gatehouse"));
     cmd.arg("serve");
     gatehouse_env(&mut cmd, db_url, port);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let started = Instant::now();
     let mut child = cmd.spawn().context("starting gatehouse")?;
@@ -783,6 +806,250 @@ struct Report {
     runs: Vec<Run>,
     scaling: Vec<Run>,
     footprint: Vec<Footprint>,
+    gateway: Vec<Run>,
+    /// Lines under the gateway table (memory over the stdio runs).
+    gateway_notes: Vec<String>,
+}
+
+const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+
+/// The gateway rows (issue #15): a call through Gatehouse to the test upstream over
+/// HTTP against the same call sent to the upstream directly, calls through one stdio
+/// process of it, and `tools/list` with about 500 merged tools against the built-in
+/// list. All on SQLite; the upstream checks no identity tokens (as cheap as it gets, so
+/// the ratio shows Gatehouse's own cost).
+fn gateway_phase(
+    opts: &Opts,
+    dir: &Path,
+    fixed: &Path,
+    rt: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    report: &mut Report,
+) -> Result<()> {
+    let d = opts.duration;
+    let c = opts.connections;
+    eprintln!("\n== Gateway");
+    let upstream_bin = bin_dir()?.join("gatehouse-test-upstream");
+    let mut child = Command::new(&upstream_bin)
+        .arg("--http")
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting gatehouse-test-upstream (scripts/bench builds it)")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?)
+        .read_line(&mut line)?;
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow!("unexpected upstream output {line:?}"))?
+        .to_owned();
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()?;
+    let upstream = Server {
+        child,
+        addr,
+        name: "test upstream".into(),
+    };
+    // The direct runs need the upstream's session, as Gatehouse holds one.
+    let session = rt.block_on(async {
+        let res = http
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#)
+            .send()
+            .await?;
+        res.headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("the test upstream gave no session"))
+    })?;
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstream]]\nname = \"h\"\ntransport = \"http\"\nurl = \"{url}\"\nscopes = \"account:read\"\n\n\
+             [[upstream]]\nname = \"t\"\ntransport = \"stdio\"\ncommand = \"{}\"\nscopes = \"account:read\"\n\n\
+             [[upstream]]\nname = \"many\"\ntransport = \"stdio\"\ncommand = \"{}\"\nscopes = \"account:read\"\nallow = [\"generated_*\"]\nenv = {{ TEST_UPSTREAM_MANY = \"500\" }}\n",
+            upstream_bin.display(),
+            upstream_bin.display()
+        ),
+    )?;
+    let db_url = format!("sqlite://{}", dir.join("gateway.db").display());
+    let big_pages = ("GATEHOUSE__MCP__PAGE_SIZE", "1000".to_owned());
+    let (server, _) = start_gatehouse_with(
+        "gateway",
+        &db_url,
+        &[
+            ("GATEHOUSE_CONFIG", config.display().to_string()),
+            big_pages.clone(),
+        ],
+    )?;
+    let pat = cli(
+        &db_url,
+        &[
+            "pat",
+            "create",
+            "--org",
+            "default",
+            "--user",
+            "owner@localhost",
+            "--name",
+            "bench",
+            "--scopes",
+            "account:read",
+        ],
+    )?["token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no token in pat create output"))?
+        .to_owned();
+    let proxied = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h_echo","arguments":{"text":"hello"}}}"#;
+    let stdio = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t_echo","arguments":{"text":"hello"}}}"#;
+    rt.block_on(check_call(http, &server.url(), &pat, proxied))?;
+    rt.block_on(check_call(http, &server.url(), &pat, stdio))?;
+    let load =
+        |server: &Server, name: String, conns: usize, body: &str, token: &str, session: &str| {
+            run_wrk(Load {
+                server,
+                name,
+                connections: conns,
+                duration: d,
+                script: fixed,
+                path: "/mcp",
+                env: vec![
+                    ("BENCH_BODY", body.to_owned()),
+                    ("BENCH_TOKEN", token.to_owned()),
+                    ("BENCH_SESSION", session.to_owned()),
+                ],
+                pool: None,
+                postgres: false,
+            })
+        };
+    for conns in [c, 1] {
+        let direct = load(
+            &upstream,
+            format!("test upstream directly: tools/call echo ({conns} conns)"),
+            conns,
+            ECHO,
+            "",
+            &session,
+        )?;
+        let mut run = relative(
+            load(
+                &server,
+                format!("Gatehouse → HTTP upstream: tools/call h_echo ({conns} conns)"),
+                conns,
+                proxied,
+                &pat,
+                "",
+            )?,
+            &direct,
+        );
+        run.note = format!("p50 added: {} µs", run.p50_us as i64 - direct.p50_us as i64);
+        report.gateway.push(run);
+        report.gateway.push(direct);
+    }
+    // Through one stdio process: three runs in a row, with the RSS of Gatehouse and of
+    // the process after each, to see whether memory stays flat.
+    let child_pid = || -> Option<u32> {
+        let out = Command::new("pgrep")
+            .args([
+                "-P",
+                &server.pid().to_string(),
+                "-f",
+                "gatehouse-test-upstream",
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mut calls = 0u64;
+    let mut memory = Vec::new();
+    for round in 1..=3 {
+        let run = load(
+            &server,
+            format!("Gatehouse → stdio upstream: tools/call t_echo, round {round}"),
+            c,
+            stdio,
+            &pat,
+            "",
+        )?;
+        calls += (run.rps * d as f64) as u64;
+        let (gh, _) = memory_mib(server.pid());
+        let up = child_pid().map_or(0.0, |p| memory_mib(p).0);
+        memory.push(format!(
+            "after about {calls} stdio calls: Gatehouse {gh:.1} MiB, the upstream process {up:.1} MiB"
+        ));
+        report.gateway.push(run);
+    }
+    report.gateway_notes.extend(memory);
+    // tools/list: about 530 merged tools in one page against the 9 built-in ones.
+    let (plain, _) = start_gatehouse_with(
+        "built-in only",
+        &format!("sqlite://{}", dir.join("plain.db").display()),
+        &[big_pages],
+    )?;
+    let plain_pat = cli(
+        &format!("sqlite://{}", dir.join("plain.db").display()),
+        &[
+            "pat",
+            "create",
+            "--org",
+            "default",
+            "--user",
+            "owner@localhost",
+            "--name",
+            "bench",
+            "--scopes",
+            "account:read",
+        ],
+    )?["token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no token in pat create output"))?
+        .to_owned();
+    let merged_count = rt.block_on(async {
+        let v: Value = http
+            .post(format!("{}/mcp", server.url()))
+            .header("Authorization", format!("Bearer {pat}"))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .header("MCP-Protocol-Version", PROTOCOL)
+            .body(LIST)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok::<usize, anyhow::Error>(v["result"]["tools"].as_array().map_or(0, Vec::len))
+    })?;
+    let builtin = load(
+        &plain,
+        "tools/list, 9 built-in tools".into(),
+        c,
+        LIST,
+        &plain_pat,
+        "",
+    )?;
+    let merged = load(
+        &server,
+        format!("tools/list, {merged_count} merged tools in one page"),
+        c,
+        LIST,
+        &pat,
+        "",
+    )?;
+    report.gateway.push(relative(merged, &builtin));
+    report.gateway.push(builtin);
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -802,6 +1069,8 @@ fn main() -> Result<()> {
         runs: Vec::new(),
         scaling: Vec::new(),
         footprint: Vec::new(),
+        gateway: Vec::new(),
+        gateway_notes: Vec::new(),
     };
     let d = opts.duration;
     let c = opts.connections;
@@ -1037,6 +1306,9 @@ fn main() -> Result<()> {
             }
         });
     }
+    if opts.gateway {
+        gateway_phase(&opts, dir, &fixed, &rt, &http, &mut report)?;
+    }
     let (_, baseline_peak) = memory_mib(baseline.pid());
     drop(baseline);
     if let Some((admin, name)) = pg_admin {
@@ -1109,6 +1381,16 @@ fn render(report: &Report, opts: &Opts, baseline_peak: f64) -> String {
         s.push_str(header);
         for r in &report.scaling {
             row(&mut s, r);
+        }
+    }
+    if !report.gateway.is_empty() {
+        s.push_str("\nGateway (SQLite; a proxied row's ratio is to the direct row after it, the merged list's to the built-in list after it):\n\n");
+        s.push_str(header);
+        for r in &report.gateway {
+            row(&mut s, r);
+        }
+        for n in &report.gateway_notes {
+            let _ = writeln!(s, "\n- {n}");
         }
     }
     s.push_str("\n| server | first start to ready ms | restart to ready ms | idle RSS MiB | peak RSS MiB |\n|---|---|---|---|---|\n");

@@ -1039,6 +1039,7 @@ fn resource(
             title: title.map(str::to_owned),
             description: Some(description.into()),
             mime_type: Some(mime_type.into()),
+            meta: None,
         },
         read,
     }
@@ -1085,6 +1086,7 @@ fn add_resources(reg: &mut Registry) -> Result<(), RegistryError> {
         title: Some("Resource Template".into()),
         description: Some("A resource template with parameter substitution".into()),
         mime_type: Some("application/json".into()),
+        meta: None,
         read: Arc::new(|_, uri| {
             Box::pin(async move {
                 let id = uri

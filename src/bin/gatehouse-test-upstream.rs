@@ -17,7 +17,8 @@
 //! Other settings: `TEST_UPSTREAM_EXIT_AT_START` (a message: written to stderr, then
 //! exit 2, for crash loops), `TEST_UPSTREAM_PAGE` (tools per `tools/list` page, 4),
 //! `TEST_UPSTREAM_VARIANT` (changes the `echo` description, for pinning tests), or
-//! `TEST_UPSTREAM_VARIANT_FILE` (the same, read from that file at every listing).
+//! `TEST_UPSTREAM_VARIANT_FILE` (the same, read from that file at every listing),
+//! `TEST_UPSTREAM_MANY` (that many more read-only tools, for list benchmarks).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,7 +50,18 @@ fn tools() -> Vec<Value> {
         format!("Echoes its text back ({variant}).")
     };
     let read_only = json!({ "readOnlyHint": true, "openWorldHint": false });
-    vec![
+    let many: usize = std::env::var("TEST_UPSTREAM_MANY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let generated = (0..many).map(|i| {
+        json!({
+            "name": format!("generated_{i}"), "description": format!("Generated tool number {i}, for list benchmarks."),
+            "inputSchema": { "type": "object", "properties": { "id": { "type": "string", "description": "An id." } } },
+            "annotations": read_only,
+        })
+    });
+    let mut all = vec![
         json!({
             "name": "echo", "title": "Echo", "description": echo_description,
             "inputSchema": { "type": "object", "properties": { "text": { "type": "string" } }, "required": ["text"] },
@@ -125,7 +137,9 @@ fn tools() -> Vec<Value> {
             "name": "unportable", "description": "A top-level oneOf, which Claude refuses.",
             "inputSchema": { "type": "object", "oneOf": [ { "required": ["a"] }, { "required": ["b"] } ], "properties": { "a": {}, "b": {} } },
         }),
-    ]
+    ];
+    all.extend(generated);
+    all
 }
 
 struct Verifier {
@@ -256,11 +270,61 @@ async fn handle(
             INITIALIZED.fetch_add(1, Ordering::Relaxed);
             reply(json!({
                 "protocolVersion": params["protocolVersion"].as_str().unwrap_or("2025-06-18"),
-                "capabilities": { "tools": { "listChanged": true } },
+                "capabilities": { "tools": { "listChanged": true }, "prompts": {}, "resources": {} },
                 "serverInfo": { "name": "gatehouse-test-upstream", "version": "1" },
             }))
         }
         "ping" => reply(json!({})),
+        "prompts/list" => reply(json!({ "prompts": [{
+            "name": "greet", "title": "Greet", "description": "Says hello.",
+            "arguments": [{ "name": "name", "description": "Who to greet", "required": true }],
+        }] })),
+        "resources/list" => reply(json!({ "resources": [
+            { "uri": "test://doc", "name": "doc", "mimeType": "text/plain" },
+            { "uri": "ui://test/echo.html", "name": "echo-app", "mimeType": "text/html;profile=mcp-app", "_meta": { "ui": { "prefersBorder": true } } },
+        ] })),
+        "resources/templates/list" => reply(json!({ "resourceTemplates": [
+            { "uriTemplate": "test://items/{id}", "name": "item", "mimeType": "text/plain" },
+        ] })),
+        "prompts/get" | "resources/read" => {
+            let mut plain = params.clone();
+            let meta = plain
+                .as_object_mut()
+                .and_then(|p| p.remove("_meta"))
+                .unwrap_or(json!({}));
+            let subject = if method == "prompts/get" {
+                params["name"].clone()
+            } else {
+                params["uri"].clone()
+            };
+            let subject = subject.as_str().unwrap_or_default().to_owned();
+            let who = match verifier.as_ref() {
+                Some(v) => match meta[identity::META_KEY].as_str() {
+                    Some(token) => match v.check(token, &subject, &plain).await {
+                        Ok(c) => c.sub,
+                        Err(why) => {
+                            let _ = out.send(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": format!("IDENTITY_REJECTED: {why}") } }));
+                            return;
+                        }
+                    },
+                    None => {
+                        let _ = out.send(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": "IDENTITY_REJECTED: no identity token" } }));
+                        return;
+                    }
+                },
+                None => "unchecked".to_owned(),
+            };
+            if method == "prompts/get" {
+                let name = params["arguments"]["name"].as_str().unwrap_or("you");
+                reply(
+                    json!({ "description": "A greeting", "messages": [{ "role": "user", "content": { "type": "text", "text": format!("Hello, {name}! (for {who})") } }] }),
+                )
+            } else {
+                reply(
+                    json!({ "contents": [{ "uri": subject, "mimeType": "text/plain", "text": format!("contents of {subject} (for {who})") }] }),
+                )
+            }
+        }
         "tools/list" => {
             let page: usize = std::env::var("TEST_UPSTREAM_PAGE")
                 .ok()

@@ -93,8 +93,12 @@ pub struct Report {
 pub struct Upstream {
     pub config: UpstreamConfig,
     link: Link,
-    /// The tools as last listed (empty while down).
+    /// The tools as last listed (kept while down).
     tools: RwLock<Listing>,
+    /// Its prompts, resources and resource templates as last listed (empty while down).
+    prompts: RwLock<Listing>,
+    resources: RwLock<Listing>,
+    templates: RwLock<Listing>,
     report: Mutex<Report>,
     pub stats: Arc<UpstreamStats>,
     /// Stops its processes.
@@ -181,23 +185,53 @@ impl Upstream {
     }
 
     /// Reads the tool list again; an upstream that is down lists nothing.
-    async fn refresh(&self) {
+    /// Every page of `method`'s `key` list, within the upstream's timeout.
+    async fn list(&self, method: &str, key: &str) -> Result<Listing, CallError> {
         let listed = match &self.link {
             Link::Stdio(s) => match s.pick() {
-                Ok(conn) => tokio::time::timeout(
-                    self.config.timeout,
-                    stdio::list_all(&conn, "tools/list", "tools", 100),
-                )
-                .await
-                .unwrap_or(Err(CallError::Timeout(self.config.timeout.as_secs()))),
-                Err(e) => Err(e),
+                Ok(conn) => {
+                    tokio::time::timeout(
+                        self.config.timeout,
+                        stdio::list_all(&conn, method, key, 100),
+                    )
+                    .await
+                }
+                Err(e) => return Err(e),
             },
             Link::Http(h) => {
-                tokio::time::timeout(self.config.timeout, list_http(h, self.service_token()))
-                    .await
-                    .unwrap_or(Err(CallError::Timeout(self.config.timeout.as_secs())))
+                tokio::time::timeout(
+                    self.config.timeout,
+                    list_http(h, method, key, self.service_token()),
+                )
+                .await
             }
         };
+        listed.unwrap_or(Err(CallError::Timeout(self.config.timeout.as_secs())))
+    }
+
+    /// Reads the tool list again; an upstream that is down lists nothing.
+    async fn refresh(&self) {
+        let listed = self.list("tools/list", "tools").await;
+        // Prompts and resources are optional: an upstream without them answers
+        // "method not found", which lists none.
+        for (method, key, slot) in [
+            ("prompts/list", "prompts", &self.prompts),
+            ("resources/list", "resources", &self.resources),
+            (
+                "resources/templates/list",
+                "resourceTemplates",
+                &self.templates,
+            ),
+        ] {
+            let items = if self.is_up() {
+                self.list(method, key).await.unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if let Ok(mut s) = slot.write() {
+                *s = items;
+            }
+        }
         match listed {
             Ok(tools) => {
                 if let Ok(mut t) = self.tools.write() {
@@ -222,22 +256,49 @@ impl Upstream {
         identity: String,
         progress: Option<mpsc::UnboundedSender<Value>>,
     ) -> Result<Value, CallError> {
+        let params = json!({ "name": tool, "arguments": arguments });
+        self.send("tools/call", params, identity, progress).await
+    }
+
+    /// One request for a caller, with their identity token where the transport puts it.
+    async fn send(
+        &self,
+        method: &str,
+        mut params: Value,
+        identity: String,
+        progress: Option<mpsc::UnboundedSender<Value>>,
+    ) -> Result<Value, CallError> {
         match &self.link {
             Link::Stdio(s) => {
                 let conn = s.pick()?;
-                let params = json!({
-                    "name": tool,
-                    "arguments": arguments,
-                    "_meta": { identity::META_KEY: identity },
-                });
-                conn.request("tools/call", params, progress).await
+                params["_meta"] = json!({ identity::META_KEY: identity });
+                conn.request(method, params, progress).await
             }
-            Link::Http(h) => {
-                let params = json!({ "name": tool, "arguments": arguments });
-                h.request("tools/call", params, Some(identity), progress)
-                    .await
-            }
+            Link::Http(h) => h.request(method, params, Some(identity), progress).await,
         }
+    }
+
+    /// `prompts/get` or `resources/read` for a caller: their scopes are checked first
+    /// (the upstream's, as for its tools), then the request carries their identity
+    /// token (`tool` is the prompt's name or the resource's URI).
+    async fn fetch(
+        &self,
+        ctx: &ToolContext,
+        method: &str,
+        subject: &str,
+        params: Value,
+    ) -> Result<Value, String> {
+        let missing = self.config.scopes.difference(&ctx.caller.scopes);
+        if !missing.is_empty() {
+            return Err(format!("insufficient scope: this needs {missing}"));
+        }
+        let identity = identity_token(ctx, self, subject, &params)
+            .map_err(|_| "Gatehouse could not sign the identity token".to_owned())?;
+        let timeout = self.config.timeout;
+        tokio::time::timeout(timeout, self.send(method, params, identity, None))
+            .await
+            .unwrap_or(Err(CallError::Timeout(timeout.as_secs())))
+            .map_err(|e| format!("the upstream {:?} failed: {e}", self.name()))
     }
 
     /// A token for requests that are not a user's call (listing).
@@ -335,6 +396,9 @@ fn start_upstream(
         config: config.clone(),
         link,
         tools: RwLock::default(),
+        prompts: RwLock::default(),
+        resources: RwLock::default(),
+        templates: RwLock::default(),
         report: Mutex::default(),
         stats,
         stop,
@@ -371,6 +435,8 @@ fn service_token(state: AppState, audience: String) -> http::ServiceToken {
 /// Every page of an HTTP upstream's `tools/list` (at most 100).
 async fn list_http(
     h: &Arc<http::HttpUpstream>,
+    method: &str,
+    key: &str,
     token: Option<String>,
 ) -> Result<Listing, CallError> {
     let mut out = Vec::new();
@@ -380,8 +446,8 @@ async fn list_http(
             Some(c) => json!({ "cursor": c }),
             None => json!({}),
         };
-        let page = h.request("tools/list", params, token.clone(), None).await?;
-        if let Some(items) = page.get("tools").and_then(Value::as_array) {
+        let page = h.request(method, params, token.clone(), None).await?;
+        if let Some(items) = page.get(key).and_then(Value::as_array) {
             out.extend(items.iter().filter_map(|v| v.as_object().cloned()));
         }
         if out.len() >= MAX_LISTED {
@@ -849,10 +915,156 @@ impl Merger {
             }
         }
         self.stats = stats;
+        add_prompts_and_resources(&mut registry, &upstreams, &self.state.tools);
         let mut exported = self.state.tools.tool_stats();
         exported.extend(registry.tool_stats());
         self.state.extra_tools.replace(registry);
         self.state.metrics.mcp.export_tools(exported);
+    }
+}
+
+/// A resource URI as served: an upstream's URI behind `<upstream>+`, so that it cannot
+/// collide with another's and a read finds its upstream; `ui://` URIs (MCP Apps, named
+/// in tool definitions' `_meta`) are served unchanged.
+fn public_uri(upstream: &str, uri: &str) -> String {
+    if uri.starts_with("ui://") {
+        uri.to_owned()
+    } else {
+        format!("{upstream}+{uri}")
+    }
+}
+
+/// The upstream's own URI for `public` (the inverse of [`public_uri`]).
+fn upstream_uri<'a>(upstream: &str, public: &'a str) -> &'a str {
+    public
+        .strip_prefix(upstream)
+        .and_then(|r| r.strip_prefix('+'))
+        .unwrap_or(public)
+}
+
+fn text_field(def: &Map<String, Value>, key: &str) -> Option<String> {
+    def.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The upstreams' prompts (named like their tools) and resources (see [`public_uri`]),
+/// from every upstream that is up, in configuration order; a name or URI taken already
+/// is left out.
+fn add_prompts_and_resources(registry: &mut Registry, upstreams: &[Arc<Upstream>], own: &Registry) {
+    use crate::mcp::tools::{Prompt, PromptSpec, Resource, ResourceSpec, ResourceTemplate};
+    for u in upstreams.iter().filter(|u| u.is_up()) {
+        let name = u.name().to_owned();
+        let prompts = u.prompts.read().map(|p| p.clone()).unwrap_or_default();
+        for def in prompts {
+            let Some(original) = text_field(&def, "name") else {
+                continue;
+            };
+            let public = naming::public_name(&name, &u.config.prefix, &original);
+            if own.find_prompt(&public).is_some() {
+                continue;
+            }
+            let arguments = def
+                .get("arguments")
+                .and_then(Value::as_array)
+                .map(|args| {
+                    args.iter()
+                        .filter_map(|a| {
+                            Some((
+                                a.get("name")?.as_str()?.to_owned(),
+                                a.get("description")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                                a.get("required").and_then(Value::as_bool).unwrap_or(false),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let up = u.clone();
+            let _ = registry.add_prompt(Prompt {
+                spec: PromptSpec {
+                    name: public,
+                    title: text_field(&def, "title"),
+                    description: text_field(&def, "description").unwrap_or_default(),
+                    arguments,
+                },
+                get: Arc::new(move |ctx, args| {
+                    let up = up.clone();
+                    let original = original.clone();
+                    Box::pin(async move {
+                        let params = json!({ "name": original, "arguments": args });
+                        up.fetch(&ctx, "prompts/get", &original, params).await
+                    })
+                }),
+                complete: None,
+            });
+        }
+        let resources = u.resources.read().map(|r| r.clone()).unwrap_or_default();
+        for def in resources {
+            let Some(original) = text_field(&def, "uri") else {
+                continue;
+            };
+            let public = public_uri(&name, &original);
+            if own.reader_for(&public).is_some() {
+                continue;
+            }
+            let up = u.clone();
+            let _ = registry.add_resource(Resource {
+                spec: ResourceSpec {
+                    uri: public,
+                    name: text_field(&def, "name").unwrap_or_else(|| original.clone()),
+                    title: text_field(&def, "title"),
+                    description: text_field(&def, "description"),
+                    mime_type: text_field(&def, "mimeType"),
+                    meta: def.get("_meta").cloned(),
+                },
+                read: Arc::new(move |ctx, public| {
+                    let up = up.clone();
+                    Box::pin(async move { up.read(&ctx, &public).await })
+                }),
+            });
+        }
+        let templates = u.templates.read().map(|t| t.clone()).unwrap_or_default();
+        for def in templates {
+            let Some(original) = text_field(&def, "uriTemplate") else {
+                continue;
+            };
+            let up = u.clone();
+            let _ = registry.add_resource_template(ResourceTemplate {
+                uri_template: public_uri(&name, &original),
+                name: text_field(&def, "name").unwrap_or_else(|| original.clone()),
+                title: text_field(&def, "title"),
+                description: text_field(&def, "description"),
+                mime_type: text_field(&def, "mimeType"),
+                meta: def.get("_meta").cloned(),
+                read: Arc::new(move |ctx, public| {
+                    let up = up.clone();
+                    Box::pin(async move { up.read(&ctx, &public).await })
+                }),
+            });
+        }
+    }
+}
+
+impl Upstream {
+    /// `resources/read` of the public URI `public`; the contents' URIs are given back
+    /// as served.
+    async fn read(&self, ctx: &ToolContext, public: &str) -> Result<Vec<Value>, String> {
+        let uri = upstream_uri(self.name(), public).to_owned();
+        let result = self
+            .fetch(ctx, "resources/read", &uri, json!({ "uri": uri }))
+            .await?;
+        let mut contents = match result.get("contents") {
+            Some(Value::Array(c)) => c.clone(),
+            _ => return Err("the upstream's answer has no contents".into()),
+        };
+        for c in &mut contents {
+            if let Some(u) = c.get("uri").and_then(Value::as_str) {
+                let mapped = public_uri(self.name(), u);
+                c["uri"] = json!(mapped);
+            }
+        }
+        Ok(contents)
     }
 }
 

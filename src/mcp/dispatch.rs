@@ -84,15 +84,46 @@ impl Request<'_> {
     }
 }
 
+/// The registry's own prompts and resources, then the gateway's upstream ones.
+struct Served {
+    own: Arc<Registry>,
+    extra: Arc<Registry>,
+}
+
+impl Served {
+    fn both(&self) -> [&Registry; 2] {
+        [&self.own, &self.extra]
+    }
+
+    fn has_prompts(&self) -> bool {
+        self.both().iter().any(|r| r.has_prompts())
+    }
+
+    fn has_resources(&self) -> bool {
+        self.both().iter().any(|r| r.has_resources())
+    }
+
+    fn find_prompt(&self, name: &str) -> Option<&super::tools::Prompt> {
+        self.own
+            .find_prompt(name)
+            .or_else(|| self.extra.find_prompt(name))
+    }
+}
+
 pub(crate) async fn handle(req: Request<'_>, method: &str) -> Reply {
-    let registry = req.state.tools.clone();
+    if method == "tools/call" {
+        return calls::call_tool(req).await;
+    }
+    let registry = Served {
+        own: req.state.tools.clone(),
+        extra: req.state.extra_tools.current(),
+    };
     let result = match (method, req.era) {
         ("initialize", Era::Legacy(_)) => Ok(initialize(&req, &registry)),
         ("ping", Era::Legacy(_)) => Ok(json!({})),
         ("logging/setLevel", Era::Legacy(_)) => set_level(&req),
         ("server/discover", Era::Modern(_)) => Ok(discover(&registry)),
-        ("tools/list", _) => list_tools(&req, &registry),
-        ("tools/call", _) => return calls::call_tool(req).await,
+        ("tools/list", _) => list_tools(&req, &registry.own),
         ("prompts/list", _) if registry.has_prompts() => list_prompts(&req, &registry),
         ("prompts/get", _) if registry.has_prompts() => get_prompt(&req, &registry).await,
         ("completion/complete", _) if has_completions(&registry) => complete(&req, &registry),
@@ -141,11 +172,14 @@ fn server_info() -> Value {
     json!({ "name": "gatehouse", "title": "Gatehouse", "version": env!("CARGO_PKG_VERSION") })
 }
 
-fn has_completions(registry: &Registry) -> bool {
-    registry.prompts().iter().any(|p| p.complete.is_some())
+fn has_completions(registry: &Served) -> bool {
+    registry
+        .both()
+        .iter()
+        .any(|r| r.prompts().iter().any(|p| p.complete.is_some()))
 }
 
-fn capabilities(era: Era, registry: &Registry) -> Value {
+fn capabilities(era: Era, registry: &Served) -> Value {
     let mut caps = json!({ "tools": {} });
     if registry.has_prompts() {
         caps["prompts"] = json!({});
@@ -165,7 +199,7 @@ fn capabilities(era: Era, registry: &Registry) -> Value {
 
 const INSTRUCTIONS: &str = "Gatehouse account tools: whoami, connections, access tokens, usage and (for admins) members and audit events. Write tools accept an idempotency_key for safe retries.";
 
-fn initialize(req: &Request<'_>, registry: &Registry) -> Value {
+fn initialize(req: &Request<'_>, registry: &Served) -> Value {
     let requested = req
         .params
         .get("protocolVersion")
@@ -184,7 +218,7 @@ fn initialize(req: &Request<'_>, registry: &Registry) -> Value {
     })
 }
 
-fn discover(registry: &Registry) -> Value {
+fn discover(registry: &Served) -> Value {
     let era = Era::Modern(rpc::MODERN_VERSIONS[0]);
     json!({
         "supportedVersions": rpc::all_versions(),
@@ -278,10 +312,11 @@ fn list_tools(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError>
     page(req, &all, "tools", |t| t.definition.clone())
 }
 
-fn list_prompts(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
+fn list_prompts(req: &Request<'_>, registry: &Served) -> Result<Value, RpcError> {
     let items: Vec<Value> = registry
-        .prompts()
-        .iter()
+        .both()
+        .into_iter()
+        .flat_map(|r| r.prompts().iter())
         .map(|p| {
             let args: Vec<Value> = p
                 .spec
@@ -299,7 +334,7 @@ fn list_prompts(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcErro
     page(req, &items, "prompts", Value::clone)
 }
 
-async fn get_prompt(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
+async fn get_prompt(req: &Request<'_>, registry: &Served) -> Result<Value, RpcError> {
     let name = req.str_param("name")?;
     let prompt = registry
         .find_prompt(name)
@@ -325,7 +360,7 @@ async fn get_prompt(req: &Request<'_>, registry: &Registry) -> Result<Value, Rpc
         .map_err(|m| RpcError::invalid_params(format!("invalid params: {m}")))
 }
 
-fn complete(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
+fn complete(req: &Request<'_>, registry: &Served) -> Result<Value, RpcError> {
     let reference = req
         .params
         .get("ref")
@@ -371,10 +406,11 @@ fn complete(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
     Ok(json!({ "completion": { "values": values, "total": total, "hasMore": total > 100 } }))
 }
 
-fn list_resources(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
+fn list_resources(req: &Request<'_>, registry: &Served) -> Result<Value, RpcError> {
     let items: Vec<Value> = registry
-        .resources()
-        .iter()
+        .both()
+        .into_iter()
+        .flat_map(|r| r.resources().iter())
         .map(|r| {
             let s = &r.spec;
             let mut v = json!({ "uri": s.uri, "name": s.name });
@@ -387,16 +423,20 @@ fn list_resources(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcEr
             if let Some(m) = &s.mime_type {
                 v["mimeType"] = json!(m);
             }
+            if let Some(m) = &s.meta {
+                v["_meta"] = m.clone();
+            }
             v
         })
         .collect();
     page(req, &items, "resources", Value::clone)
 }
 
-fn list_templates(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
+fn list_templates(req: &Request<'_>, registry: &Served) -> Result<Value, RpcError> {
     let items: Vec<Value> = registry
-        .templates()
-        .iter()
+        .both()
+        .into_iter()
+        .flat_map(|r| r.templates().iter())
         .map(|t| {
             let mut v = json!({ "uriTemplate": t.uri_template, "name": t.name });
             if let Some(x) = &t.title {
@@ -408,13 +448,16 @@ fn list_templates(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcEr
             if let Some(m) = &t.mime_type {
                 v["mimeType"] = json!(m);
             }
+            if let Some(m) = &t.meta {
+                v["_meta"] = m.clone();
+            }
             v
         })
         .collect();
     page(req, &items, "resourceTemplates", Value::clone)
 }
 
-async fn read_resource(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
+async fn read_resource(req: &Request<'_>, registry: &Served) -> Result<Value, RpcError> {
     let uri = req.str_param("uri")?;
     let not_found = || {
         // 2026-07-28 moved "resource not found" to -32602.
@@ -430,7 +473,11 @@ async fn read_resource(req: &Request<'_>, registry: &Registry) -> Result<Value, 
         )
         .with_data(json!({ "uri": uri }))
     };
-    let read = registry.reader_for(uri).ok_or_else(not_found)?;
+    let read = registry
+        .own
+        .reader_for(uri)
+        .or_else(|| registry.extra.reader_for(uri))
+        .ok_or_else(not_found)?;
     let contents = read(req.context(Notifier::silent()), uri.to_owned())
         .await
         .map_err(|_| not_found())?;

@@ -28,6 +28,7 @@ both_backends!(
     changed_tools_are_held_until_an_admin_approves_them,
     on_change_warn_serves_a_changed_tool_and_audits_it,
     a_client_that_goes_away_cancels_the_upstream_call,
+    upstream_prompts_and_resources_are_served_with_namespaced_uris,
 );
 
 both_backends!(
@@ -1309,4 +1310,102 @@ async fn a_client_that_goes_away_cancels_the_upstream_call(backend: Backend) {
         async move { text(&call(app, token, "t_cancelled", json!({})).await) == "1" }
     })
     .await;
+}
+
+async fn upstream_prompts_and_resources_are_served_with_namespaced_uris(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t("")).await else {
+        return;
+    };
+    let token = pat(&app, "account:read tools:t").await;
+    let rpc = |method: &'static str, params: Value| {
+        let app = &app;
+        let token = &token;
+        async move {
+            let body: Value = post(
+                app,
+                token,
+                json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+            body
+        }
+    };
+    let init = rpc("initialize", json!({ "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } })).await;
+    let caps = &init["result"]["capabilities"];
+    assert!(
+        caps["prompts"].is_object() && caps["resources"].is_object(),
+        "{init}"
+    );
+
+    let prompts = rpc("prompts/list", json!({})).await;
+    let greet = &prompts["result"]["prompts"][0];
+    assert_eq!(greet["name"], "t_greet", "{prompts}");
+    assert_eq!(greet["arguments"][0]["name"], "name");
+    let got = rpc(
+        "prompts/get",
+        json!({ "name": "t_greet", "arguments": { "name": "Ada" } }),
+    )
+    .await;
+    let text = got["result"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.starts_with("Hello, Ada!") && text.contains("usr_"),
+        "verified upstream-side: {got}"
+    );
+
+    let resources = rpc("resources/list", json!({})).await;
+    let uris: Vec<&str> = resources["result"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(uris, ["t+test://doc", "ui://test/echo.html"], "{resources}");
+    let app_entry = &resources["result"]["resources"][1];
+    assert_eq!(
+        app_entry["_meta"]["ui"]["prefersBorder"], true,
+        "_meta passes through"
+    );
+    for (uri, want) in [
+        ("t+test://doc", "contents of test://doc"),
+        ("ui://test/echo.html", "contents of ui://test/echo.html"),
+        ("t+test://items/7", "contents of test://items/7"),
+    ] {
+        let read = rpc("resources/read", json!({ "uri": uri })).await;
+        let c = &read["result"]["contents"][0];
+        assert_eq!(c["uri"], uri, "{read}");
+        assert!(c["text"].as_str().unwrap().starts_with(want), "{read}");
+    }
+    let templates = rpc("resources/templates/list", json!({})).await;
+    assert_eq!(
+        templates["result"]["resourceTemplates"][0]["uriTemplate"],
+        "t+test://items/{id}"
+    );
+    // The upstream's scope is needed for its prompts and resources as for its tools.
+    let none = pat(&app, "account:read").await;
+    let body: Value = post(&app, &none, json!({ "jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": { "name": "t_greet", "arguments": { "name": "x" } } }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient scope"),
+        "{body}"
+    );
+    let body: Value = post(&app, &none, json!({ "jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": { "uri": "t+test://doc" } }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        body["error"].is_object() && body.get("result").is_none(),
+        "{body}"
+    );
 }

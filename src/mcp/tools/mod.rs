@@ -760,6 +760,8 @@ pub struct ResourceSpec {
     pub title: Option<String>,
     pub description: Option<String>,
     pub mime_type: Option<String>,
+    /// Published as the entry's `_meta` (an upstream's, passed through).
+    pub meta: Option<Value>,
 }
 
 /// Returns the `contents` array of a read.
@@ -780,6 +782,8 @@ pub struct ResourceTemplate {
     pub title: Option<String>,
     pub description: Option<String>,
     pub mime_type: Option<String>,
+    /// Published as the entry's `_meta`.
+    pub meta: Option<Value>,
     pub read: ReadFn,
 }
 
@@ -1319,6 +1323,7 @@ mod tests {
             title: None,
             description: None,
             mime_type: None,
+            meta: None,
             read: Arc::new(|_, _| Box::pin(async { Ok(vec![]) })),
         };
         assert!(t.matches("test://template/42/data"));
