@@ -39,8 +39,8 @@ def verify(issuer, audience, token, tool, arguments, jwks=None):
     )
     if claims["exp"] - claims["iat"] > 60:
         raise ValueError("lives longer than a minute")
-    if claims["tool"] != tool:
-        raise ValueError("issued for another tool")
+    if claims.get("method") != "tools/call" or claims["tool"] != tool:
+        raise ValueError("issued for another request")
     digest = base64.urlsafe_b64encode(hashlib.sha256(rfc8785.dumps(arguments)).digest())
     if claims["args_sha256"] != digest.rstrip(b"=").decode():
         raise ValueError("issued for other arguments")

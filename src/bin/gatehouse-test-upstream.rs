@@ -161,7 +161,13 @@ impl Verifier {
     }
 
     /// The token's claims, if it is a valid identity token for this call.
-    async fn check(&self, token: &str, tool: &str, args: &Value) -> Result<IdentityClaims, String> {
+    async fn check(
+        &self,
+        token: &str,
+        method: &str,
+        tool: &str,
+        args: &Value,
+    ) -> Result<IdentityClaims, String> {
         use jsonwebtoken::{Algorithm, DecodingKey, Validation};
         let jwks = self
             .jwks
@@ -192,6 +198,9 @@ impl Verifier {
         let c = data.claims;
         if c.exp - c.iat > 60 {
             return Err("lives longer than 60 s".into());
+        }
+        if c.method != method {
+            return Err(format!("issued for method {:?}", c.method));
         }
         if c.tool != tool {
             return Err(format!("issued for tool {:?}", c.tool));
@@ -300,7 +309,7 @@ async fn handle(
             let subject = subject.as_str().unwrap_or_default().to_owned();
             let who = match verifier.as_ref() {
                 Some(v) => match meta[identity::META_KEY].as_str() {
-                    Some(token) => match v.check(token, &subject, &plain).await {
+                    Some(token) => match v.check(token, method, &subject, &plain).await {
                         Ok(c) => c.sub,
                         Err(why) => {
                             let _ = out.send(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": format!("IDENTITY_REJECTED: {why}") } }));
@@ -348,7 +357,7 @@ async fn handle(
             let meta = params.get("_meta").cloned().unwrap_or(json!({}));
             let claims = match verifier.as_ref() {
                 Some(v) => match meta[identity::META_KEY].as_str() {
-                    Some(token) => match v.check(token, &name, &args).await {
+                    Some(token) => match v.check(token, "tools/call", &name, &args).await {
                         Ok(c) => Some(c),
                         Err(why) => {
                             let _ =

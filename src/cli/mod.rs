@@ -113,6 +113,10 @@ enum UpstreamCommand {
         /// Only this tool (its name at the upstream).
         #[arg(long)]
         tool: Option<String>,
+        /// Only a definition with this digest (as `upstream check` shows it): what you
+        /// reviewed, not a later change.
+        #[arg(long)]
+        digest: Option<String>,
     },
 }
 
@@ -581,22 +585,35 @@ impl Ctx {
             | Command::Healthcheck
             | Command::Backup { .. }
             | Command::Upstream(UpstreamCommand::Check) => Ok(()),
-            Command::Upstream(UpstreamCommand::Approve { name, tool }) => {
+            Command::Upstream(UpstreamCommand::Approve { name, tool, digest }) => {
                 let approved = self
                     .store
-                    .approve_tool_changes(&name, tool.as_deref(), self.now, "cli")
+                    .approve_tool_changes(
+                        &name,
+                        tool.as_deref(),
+                        digest.as_deref(),
+                        self.now,
+                        "cli",
+                    )
                     .await
                     .map_err(|e| anyhow!(describe(e)))?;
                 if approved.is_empty() {
                     bail!("no changed tool of upstream {name:?} waits for approval");
                 }
+                let tools: Vec<&str> = approved.iter().map(|(t, _)| t.as_str()).collect();
+                let listed: Vec<String> =
+                    approved.iter().map(|(t, d)| format!("{t} ({d})")).collect();
                 self.print(
                     format!(
                         "approved {} changed tool(s) of {name}: {}\n",
                         approved.len(),
-                        approved.join(", ")
+                        listed.join(", ")
                     ),
-                    json!({ "upstream": name, "approved": approved }),
+                    json!({
+                        "upstream": name,
+                        "approved": tools,
+                        "digests": approved.iter().map(|(t, d)| json!({ "tool": t, "digest": d })).collect::<Vec<_>>(),
+                    }),
                 );
                 Ok(())
             }

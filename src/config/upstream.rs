@@ -497,6 +497,9 @@ fn check_one(
             let h = h.to_ascii_lowercase();
             axum::http::HeaderName::from_bytes(h.as_bytes())
                 .map_err(|_| at.error("identity_header", "is not an HTTP header name"))?;
+            if RESERVED_HEADERS.contains(&h.as_str()) {
+                return Err(at.error("identity_header", "is a header Gatehouse sets itself"));
+            }
             h
         }
     };
@@ -509,7 +512,7 @@ fn check_one(
     for (what, patterns) in [("allow", &raw.allow), ("deny", &raw.deny)] {
         if let Some(p) = patterns
             .iter()
-            .find(|p| p.is_empty() || p[..p.len() - 1].contains('*'))
+            .find(|p| p.is_empty() || p.strip_suffix('*').unwrap_or(p).contains('*'))
         {
             return Err(at.error(what, format!("{p:?}: `*` may only end a name")));
         }
@@ -569,6 +572,18 @@ fn define(catalog: &mut ScopeCatalog, set: &ScopeSet, words: &str) {
     }
 }
 
+/// Headers Gatehouse sets on upstream requests itself.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "accept",
+    "content-length",
+    "host",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "mcp-method",
+    "mcp-name",
+];
+
 /// The headers an upstream is sent, checked as HTTP headers; the ones Gatehouse sets
 /// itself may not be overridden.
 fn header_map(
@@ -576,14 +591,6 @@ fn header_map(
     at: &At<'_>,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, Secret>, ConfigError> {
-    const OURS: &[&str] = &[
-        "content-type",
-        "accept",
-        "content-length",
-        "host",
-        "mcp-protocol-version",
-        "mcp-session-id",
-    ];
     let lowered: BTreeMap<String, String> = raw
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
@@ -593,7 +600,7 @@ fn header_map(
         if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
             return Err(at.error(&key, "is not an HTTP header name"));
         }
-        if OURS.contains(&k.as_str()) {
+        if RESERVED_HEADERS.contains(&k.as_str()) {
             return Err(at.error(&key, "is set by Gatehouse itself"));
         }
     }
@@ -782,6 +789,14 @@ mod tests {
         let twice = "[[upstream]]\nname = \"a\"\ntransport = \"stdio\"\ncommand = \"x\"\n";
         let err = parse(&format!("{twice}{twice}"), &[]).unwrap_err();
         assert!(err.contains("upstream `a`, key `name`"), "{err}");
+    }
+
+    #[test]
+    fn odd_patterns_and_reserved_identity_headers_are_refused_not_panicked_on() {
+        let base = "[[upstream]]\nname = \"a\"\ntransport = \"http\"\nurl = \"https://x\"\n";
+        assert!(parse(&format!("{base}allow = [\"caf\u{e9}*\", \"\u{e9}\"]"), &[]).is_ok());
+        let err = parse(&format!("{base}identity_header = \"host\""), &[]).unwrap_err();
+        assert!(err.contains("key `identity_header`"), "{err}");
     }
 
     #[test]

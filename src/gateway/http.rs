@@ -55,6 +55,9 @@ pub struct Settings {
 
 pub struct HttpUpstream {
     settings: Settings,
+    /// The gateway's own token, for negotiating (a session is shared by every caller,
+    /// so it is never opened in one caller's name).
+    service: ServiceToken,
     client: reqwest::Client,
     session: RwLock<Option<Session>>,
     health: watch::Sender<Health>,
@@ -87,6 +90,7 @@ impl HttpUpstream {
             .unwrap_or_default();
         let up = Arc::new(Self {
             settings,
+            service: service.clone(),
             client,
             session: RwLock::new(None),
             health: watch::channel(Health::Starting).0,
@@ -160,7 +164,7 @@ impl HttpUpstream {
         match outcome {
             Err(Expired) if matches!(session, Session::Legacy { id: Some(_), .. }) => {
                 // The upstream forgot our session: a new one, then the request again.
-                let fresh = self.negotiate(identity.as_deref()).await?;
+                let fresh = self.negotiate((self.service)().as_deref()).await?;
                 *self.session.write().await = Some(fresh.clone());
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 self.send(&fresh, id, method, params, identity.as_deref(), progress)
@@ -505,7 +509,8 @@ impl Drop for Cancel {
         let client = self.up.client.clone();
         let url = self.up.settings.url.clone();
         tokio::spawn(async move {
-            let _ = client.post(url).headers(headers).json(&note).send().await;
+            let send = client.post(url).headers(headers).json(&note).send();
+            let _ = tokio::time::timeout(Duration::from_secs(5), send).await;
         });
     }
 }
@@ -608,9 +613,19 @@ async fn supervise(
                 up.health.send_replace(Health::Up);
                 up.settings.stats.up.store(1, Ordering::Relaxed);
                 let _ = events.send(Event::Changed(name.clone()));
-                tokio::select! {
-                    _ = up.lost.notified() => {}
-                    _ = stopped(&mut stop) => break,
+                // A wake-up left over from a failure during negotiation is not a loss:
+                // only one that finds the upstream marked down is.
+                loop {
+                    tokio::select! {
+                        _ = up.lost.notified() => {}
+                        _ = stopped(&mut stop) => break,
+                    }
+                    if !up.is_up() || *stop.borrow() {
+                        break;
+                    }
+                }
+                if *stop.borrow() {
+                    break;
                 }
                 *up.session.write().await = None;
                 up.settings.stats.restarts.fetch_add(1, Ordering::Relaxed);

@@ -37,7 +37,12 @@ pub struct IdentityClaims {
     pub client_id: Option<String>,
     /// `oauth_access_token`, `personal_access_token` or `anonymous`.
     pub credential: String,
-    /// The tool's name at the upstream.
+    /// The request it is for: `tools/call`, `prompts/get` or `resources/read`; empty
+    /// for the gateway's own requests (listing, negotiation).
+    #[serde(default)]
+    pub method: String,
+    /// The tool's name at the upstream (for `prompts/get` the prompt's name, for
+    /// `resources/read` the resource's URI).
     pub tool: String,
     /// base64url(SHA-256(RFC 8785 canonical JSON of the call's arguments)).
     pub args_sha256: String,

@@ -292,7 +292,7 @@ impl Upstream {
         if !missing.is_empty() {
             return Err(format!("insufficient scope: this needs {missing}"));
         }
-        let identity = identity_token(ctx, self, subject, &params)
+        let identity = identity_token(ctx, self, method, subject, &params)
             .map_err(|_| "Gatehouse could not sign the identity token".to_owned())?;
         let timeout = self.config.timeout;
         tokio::time::timeout(timeout, self.send(method, params, identity, None))
@@ -422,6 +422,7 @@ fn service_token(state: AppState, audience: String) -> http::ServiceToken {
             scope: String::new(),
             client_id: None,
             credential: "gateway".into(),
+            method: String::new(),
             tool: String::new(),
             args_sha256: identity::args_digest(&json!({})),
             jti: crate::crypto::random::id("idt"),
@@ -672,29 +673,32 @@ impl Merger {
             }
             Ok(true) => {
                 tracing::warn!(upstream = %u.name(), tool, "an upstream changed a tool's definition; it is not served until approved: gatehouse upstream approve {}", u.name());
+                let reason = Self::blocked_reason(u.name(), tool, &digest);
                 self.blocked.insert(key, digest);
-                Err(Self::blocked_reason(u.name()))
+                Err(reason)
             }
             Ok(false) if accept => Ok(()),
             Ok(false) => {
+                let reason = Self::blocked_reason(u.name(), tool, &digest);
                 self.blocked.insert(key, digest);
-                Err(Self::blocked_reason(u.name()))
+                Err(reason)
             }
             Err(e) => {
                 tracing::warn!(upstream = %u.name(), tool, error = %e, "could not record a changed tool definition");
                 if accept {
                     Ok(())
                 } else {
+                    let reason = Self::blocked_reason(u.name(), tool, &digest);
                     self.blocked.insert(key, digest);
-                    Err(Self::blocked_reason(u.name()))
+                    Err(reason)
                 }
             }
         }
     }
 
-    fn blocked_reason(upstream: &str) -> String {
+    fn blocked_reason(upstream: &str, tool: &str, digest: &str) -> String {
         format!(
-            "its definition changed since it was approved (on_change = block): review it and run `gatehouse upstream approve {upstream}`"
+            "its definition changed since it was approved (on_change = block; new digest {digest}): review it and run `gatehouse upstream approve {upstream} --tool {tool} --digest {digest}`"
         )
     }
 
@@ -757,13 +761,13 @@ impl Merger {
             }
             names.sort();
             names.dedup();
-            for u in self
+            // Side by side: a slow upstream must not hold up the others' changes.
+            let due: Vec<Arc<Upstream>> = self
                 .upstreams()
-                .iter()
+                .into_iter()
                 .filter(|u| names.iter().any(|n| n == u.name()))
-            {
-                u.refresh().await;
-            }
+                .collect();
+            futures_util::future::join_all(due.iter().map(|u| u.refresh())).await;
             self.merge().await;
         }
     }
@@ -1160,7 +1164,7 @@ impl Tool for UpstreamTool {
             let u = &self.upstream;
             let _running = u.begin_call();
             let arguments = Value::Object(args);
-            let identity = match identity_token(&ctx, u, &self.tool, &arguments) {
+            let identity = match identity_token(&ctx, u, "tools/call", &self.tool, &arguments) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::error!(error = %e, "could not sign an identity token");
@@ -1239,6 +1243,7 @@ fn upstream_error(u: &Upstream, e: &CallError) -> ToolResult {
 fn identity_token(
     ctx: &ToolContext,
     u: &Upstream,
+    method: &str,
     tool: &str,
     arguments: &Value,
 ) -> Result<String, jsonwebtoken::errors::Error> {
@@ -1257,6 +1262,7 @@ fn identity_token(
         scope: caller.scopes.to_string(),
         client_id: caller.client_id.clone(),
         credential: caller.kind.as_str().to_owned(),
+        method: method.to_owned(),
         tool: tool.to_owned(),
         args_sha256: identity::args_digest(arguments),
         jti: crate::crypto::random::id("idt"),

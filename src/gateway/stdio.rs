@@ -41,8 +41,8 @@ pub const PROTOCOL_VERSION: &str = "2025-11-25";
 const STDERR_LINES: usize = 40;
 const STDERR_LINE_BYTES: usize = 2048;
 
-/// How to start the process.
-#[derive(Debug, Clone)]
+/// How to start the process. Not `Debug`: `env` holds the upstream's secrets.
+#[derive(Clone)]
 pub struct Spawn {
     pub command: String,
     pub args: Vec<String>,
@@ -100,6 +100,9 @@ impl Tail {
 pub struct Slot {
     /// `name` or `name#i` in a pool.
     label: String,
+    /// The configured environment values, blanked out of stderr before it is logged or
+    /// quoted (a process that prints its own token must not show it to callers).
+    secrets: Vec<String>,
     health: watch::Sender<Health>,
     stderr: Mutex<Tail>,
     pub restarts: AtomicU64,
@@ -159,6 +162,13 @@ impl StdioUpstream {
                 };
                 Arc::new(Slot {
                     label,
+                    secrets: settings
+                        .spawn
+                        .env
+                        .iter()
+                        .filter(|(k, v)| k != "PATH" && v.len() >= 4)
+                        .map(|(_, v)| v.clone())
+                        .collect(),
                     health: watch::channel(Health::Starting).0,
                     stderr: Mutex::default(),
                     restarts: AtomicU64::new(0),
@@ -395,6 +405,8 @@ async fn run_once(
             }
         }
     };
+    // Whatever the process left running in its group goes with it.
+    kill_group(pid);
     // Let the last stderr lines arrive before they are quoted.
     let _ = tokio::time::timeout(Duration::from_millis(200), logger).await;
     let why = {
@@ -419,6 +431,15 @@ fn exit_reason(status: Option<std::process::ExitStatus>, slot: &Slot) -> String 
             None => format!("the process was killed ({s})"),
         },
         None => "the process could not be waited for".into(),
+    }
+}
+
+/// SIGKILL to what is left of a process group whose leader has exited.
+fn kill_group(pid: Option<u32>) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
@@ -468,9 +489,14 @@ async fn read_stderr(mut reader: impl AsyncBufRead + Unpin, slot: Arc<Slot>) {
         match read_line(&mut reader, &mut line, STDERR_LINE_BYTES).await {
             Line::Eof => return,
             Line::Complete | Line::TooLong => {
-                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                let mut text = String::from_utf8_lossy(&line).trim_end().to_owned();
                 if text.is_empty() {
                     continue;
+                }
+                for secret in &slot.secrets {
+                    if text.contains(secret.as_str()) {
+                        text = text.replace(secret.as_str(), "[redacted]");
+                    }
                 }
                 tracing::info!(upstream = %slot.label, "stderr: {text}");
                 if let Ok(mut tail) = slot.stderr.lock() {

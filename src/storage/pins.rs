@@ -101,31 +101,37 @@ impl Store {
         }))
     }
 
-    /// Approves the changed definitions waiting for `upstream` (only `tool`'s, when
-    /// given), each audited; returns the tools approved.
+    /// Approves the changed definitions waiting for `upstream` (only `tool`'s, and
+    /// only one whose digest is `digest`, when given: what was reviewed, not whatever
+    /// the upstream put there since), each audited with its digest; returns the
+    /// `(tool, digest)` pairs approved.
     pub async fn approve_tool_changes(
         &self,
         upstream: &str,
         tool: Option<&str>,
+        digest: Option<&str>,
         now: i64,
         actor: &str,
-    ) -> Result<Vec<String>, StorageError> {
+    ) -> Result<Vec<(String, String)>, StorageError> {
         Ok(with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let tools: Vec<String> = sqlx::query_scalar(
+            let tools: Vec<(String, String)> = sqlx::query_as(
                 "UPDATE upstream_tool_pins SET digest = pending_digest, pending_digest = NULL, \
                  pending_definition = NULL, updated_at = $3 \
-                 WHERE upstream = $1 AND ($2 IS NULL OR tool = $2) AND pending_digest IS NOT NULL \
-                 RETURNING tool",
+                 WHERE upstream = $1 AND ($2 IS NULL OR tool = $2) \
+                 AND ($4 IS NULL OR pending_digest = $4) AND pending_digest IS NOT NULL \
+                 RETURNING tool, digest",
             )
             .bind(upstream)
             .bind(tool)
             .bind(now)
+            .bind(digest)
             .fetch_all(&mut *tx)
             .await?;
-            for t in &tools {
+            for (t, d) in &tools {
                 let entry = AuditEntry::new(now, actor, "gateway.tool_approved")
-                    .target(format!("upstream:{upstream}/tool:{t}"));
+                    .target(format!("upstream:{upstream}/tool:{t}"))
+                    .detail(serde_json::json!({ "digest": d }));
                 insert_audit!(&entry, &mut *tx)?;
             }
             tx.commit().await?;

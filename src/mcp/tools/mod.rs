@@ -284,7 +284,14 @@ impl ToolSpec {
 
     /// Non-idempotent tools take an optional `idempotency_key`.
     pub fn accepts_idempotency_key(&self) -> bool {
-        !self.annotations.read_only && !self.annotations.idempotent
+        // A tool with an `idempotency_key` argument of its own (a payments API behind
+        // the gateway) keeps it: Gatehouse neither replaces nor strips it.
+        let own = self
+            .input_schema
+            .get("properties")
+            .and_then(|p| p.get(IDEMPOTENCY_KEY))
+            .is_some();
+        !self.annotations.read_only && !self.annotations.idempotent && !own
     }
 
     /// The scopes `granted` lacks for this tool.
