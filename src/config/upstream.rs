@@ -90,6 +90,11 @@ pub enum Transport {
         include: Vec<String>,
         exclude: Vec<String>,
         headers: BTreeMap<String, Secret>,
+        /// An operation without required arguments, called to see that the
+        /// credentials work.
+        check_operation: Option<String>,
+        /// Answers are cut here, with a note for the model.
+        max_response_bytes: usize,
     },
 }
 
@@ -178,6 +183,9 @@ struct RawUpstream {
     include: Vec<String>,
     #[serde(default, deserialize_with = "list")]
     exclude: Vec<String>,
+    check_operation: Option<String>,
+    #[serde(default, deserialize_with = "opt_number")]
+    max_response_bytes: Option<u64>,
     prefix: Option<String>,
     #[serde(default, deserialize_with = "list")]
     allow: Vec<String>,
@@ -220,7 +228,15 @@ fn opt_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u64>, D:
 /// The keys an upstream table may have, per transport, beyond the common ones.
 const STDIO_KEYS: &[&str] = &["command", "args", "env", "cwd", "pool"];
 const HTTP_KEYS: &[&str] = &["url", "headers"];
-const OPENAPI_KEYS: &[&str] = &["spec", "base_url", "include", "exclude", "headers"];
+const OPENAPI_KEYS: &[&str] = &[
+    "spec",
+    "base_url",
+    "include",
+    "exclude",
+    "headers",
+    "check_operation",
+    "max_response_bytes",
+];
 
 /// Every key of an upstream table, for the documentation test.
 pub const KEYS: &[&str] = &[
@@ -237,6 +253,8 @@ pub const KEYS: &[&str] = &[
     "base_url",
     "include",
     "exclude",
+    "check_operation",
+    "max_response_bytes",
     "prefix",
     "allow",
     "deny",
@@ -362,7 +380,7 @@ fn check_one(
             None => Ok(()),
         }
     };
-    let present: [(&str, bool); 11] = [
+    let present: [(&str, bool); 13] = [
         ("command", raw.command.is_some()),
         ("args", !raw.args.is_empty()),
         ("env", !raw.env.is_empty()),
@@ -374,6 +392,8 @@ fn check_one(
         ("base_url", raw.base_url.is_some()),
         ("include", !raw.include.is_empty()),
         ("exclude", !raw.exclude.is_empty()),
+        ("check_operation", raw.check_operation.is_some()),
+        ("max_response_bytes", raw.max_response_bytes.is_some()),
     ];
     let secrets = |key: &str, map: &BTreeMap<String, String>| resolve_map(key, map, at, lookup);
     let transport = match raw.transport.as_str() {
@@ -417,7 +437,12 @@ fn check_one(
                 .spec
                 .ok_or_else(|| at.error("spec", "is required for transport \"openapi\""))?;
             let spec = if spec.starts_with("https://") || spec.starts_with("http://") {
-                SpecSource::Url(http_url(&spec).map_err(|m| at.error("spec", m))?)
+                let url = http_url(&spec).map_err(|m| at.error("spec", m))?;
+                // A description fetched in the clear could be swapped on the way.
+                if url.scheme() == "http" && !is_loopback(&url) {
+                    return Err(at.error("spec", "must be an https URL (or a file)"));
+                }
+                SpecSource::Url(url)
             } else {
                 SpecSource::File(PathBuf::from(spec))
             };
@@ -430,6 +455,21 @@ fn check_one(
                 include: raw.include,
                 exclude: raw.exclude,
                 headers: header_map(&raw.headers, at, lookup)?,
+                check_operation: match raw.check_operation {
+                    Some(op) if op.trim().is_empty() => {
+                        return Err(at.error("check_operation", "must name an operation"));
+                    }
+                    other => other,
+                },
+                max_response_bytes: match raw.max_response_bytes {
+                    None => 256 * 1024,
+                    Some(n @ 1024..=67_108_864) => n as usize,
+                    Some(_) => {
+                        return Err(
+                            at.error("max_response_bytes", "must be between 1024 and 67108864")
+                        );
+                    }
+                },
             }
         }
         other => {
@@ -526,16 +566,6 @@ fn check_one(
             "Authorization carries Gatehouse's identity token; to send the upstream's own credential there, set identity_header to another header",
         ));
     }
-    if matches!(transport, Transport::OpenApi { .. }) {
-        // Parsed and checked already, so configurations can be written ahead.
-        return Err(at.error(
-            "transport",
-            format!(
-                "{:?} is not served by this version yet (\"stdio\" and \"http\" are)",
-                transport.kind()
-            ),
-        ));
-    }
     Ok(UpstreamConfig {
         name,
         transport,
@@ -573,7 +603,7 @@ fn define(catalog: &mut ScopeCatalog, set: &ScopeSet, words: &str) {
 }
 
 /// Headers Gatehouse sets on upstream requests itself.
-const RESERVED_HEADERS: &[&str] = &[
+pub const RESERVED_HEADERS: &[&str] = &[
     "content-type",
     "accept",
     "content-length",
@@ -582,6 +612,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "mcp-session-id",
     "mcp-method",
     "mcp-name",
+    "idempotency-key",
 ];
 
 /// The headers an upstream is sent, checked as HTTP headers; the ones Gatehouse sets
@@ -611,6 +642,15 @@ fn header_map(
         }
     }
     Ok(out)
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn http_url(raw: &str) -> Result<url::Url, String> {
@@ -780,6 +820,18 @@ mod tests {
             (
                 "name = \"a\"\ntransport = \"openapi\"\nspec = \"api.yaml\"",
                 "key `base_url`",
+            ),
+            (
+                "name = \"a\"\ntransport = \"openapi\"\nspec = \"http://example.com/api.yaml\"\nbase_url = \"https://x\"",
+                "key `spec`",
+            ),
+            (
+                "name = \"a\"\ntransport = \"openapi\"\nspec = \"a.yaml\"\nbase_url = \"https://x\"\nmax_response_bytes = 10",
+                "key `max_response_bytes`",
+            ),
+            (
+                "name = \"a\"\ntransport = \"openapi\"\nspec = \"a.yaml\"\nbase_url = \"https://x\"\ncommand = \"x\"",
+                "key `command`",
             ),
         ];
         for (body, want) in cases {

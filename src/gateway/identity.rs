@@ -19,7 +19,7 @@ pub const TYP: &str = "gatehouse-identity+jwt";
 /// Where stdio upstreams find the token: `params._meta` of the `tools/call` request.
 pub const META_KEY: &str = "dev.gatehouse/identity";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IdentityClaims {
     pub iss: String,
     /// The upstream (its `audience` setting).
@@ -46,6 +46,15 @@ pub struct IdentityClaims {
     pub tool: String,
     /// base64url(SHA-256(RFC 8785 canonical JSON of the call's arguments)).
     pub args_sha256: String,
+    /// REST (OpenAPI) upstreams only, which see the request rather than the arguments:
+    /// its method, its whole URL (query included, unlike DPoP's `htu`), and
+    /// base64url(SHA-256(its body bytes)) (of nothing when it has no body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
     pub jti: String,
     pub iat: i64,
     pub exp: i64,

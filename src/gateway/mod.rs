@@ -16,6 +16,7 @@
 pub mod http;
 pub mod identity;
 pub mod naming;
+pub mod openapi;
 pub mod stdio;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,8 +27,8 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::UpstreamConfig;
 use crate::config::upstream::{OnChange, Transport};
+use crate::config::{self, UpstreamConfig};
 use crate::mcp::tools::{
     Annotations, MAX_DESCRIPTION_CHARS, Registry, Tool, ToolContext, ToolFuture, ToolResult,
     ToolSpec,
@@ -69,6 +70,7 @@ type Listing = Vec<Map<String, Value>>;
 enum Link {
     Stdio(stdio::StdioUpstream),
     Http(Arc<http::HttpUpstream>),
+    OpenApi(Arc<openapi::OpenApiUpstream>),
 }
 
 /// A tool the upstream offers that is not served, and why.
@@ -88,6 +90,8 @@ pub struct Report {
     pub lint: Vec<String>,
     /// The `tools/list` entries of this upstream, in bytes.
     pub list_bytes: usize,
+    /// What the credential check of a REST upstream found (`check_operation`).
+    pub credentials: Option<String>,
 }
 
 pub struct Upstream {
@@ -106,6 +110,7 @@ pub struct Upstream {
     /// Calls it is answering now, so that a reload stops it only once they are done.
     in_flight: AtomicUsize,
     service: http::ServiceToken,
+    signer: openapi::Signer,
     idle: tokio::sync::Notify,
 }
 
@@ -118,6 +123,7 @@ impl Upstream {
         match &self.link {
             Link::Stdio(s) => s.is_up(),
             Link::Http(h) => h.is_up(),
+            Link::OpenApi(o) => o.is_up(),
         }
     }
 
@@ -127,6 +133,7 @@ impl Upstream {
             Link::Stdio(s) if s.is_up() => "up".into(),
             Link::Stdio(s) => s.why_down(),
             Link::Http(h) => h.status(),
+            Link::OpenApi(o) => o.status(),
         }
     }
 
@@ -144,13 +151,14 @@ impl Upstream {
         match &self.link {
             Link::Stdio(s) => s.settled().await,
             Link::Http(h) => h.settled().await,
+            Link::OpenApi(o) => o.settled().await,
         }
     }
 
     pub fn is_parked(&self) -> bool {
         match &self.link {
             Link::Stdio(s) => s.is_parked(),
-            Link::Http(_) => false,
+            Link::Http(_) | Link::OpenApi(_) => false,
         }
     }
 
@@ -159,6 +167,7 @@ impl Upstream {
         match &self.link {
             Link::Stdio(s) => s.stopped(Duration::from_secs(5)).await,
             Link::Http(h) => h.stopped(Duration::from_secs(5)).await,
+            Link::OpenApi(o) => o.stopped(Duration::from_secs(5)).await,
         }
     }
 
@@ -205,6 +214,11 @@ impl Upstream {
                 )
                 .await
             }
+            // A REST API has tools only.
+            Link::OpenApi(o) => Ok(match method {
+                "tools/list" => o.tools(),
+                _ => Ok(Vec::new()),
+            }),
         };
         listed.unwrap_or(Err(CallError::Timeout(self.config.timeout.as_secs())))
     }
@@ -248,16 +262,24 @@ impl Upstream {
         }
     }
 
-    /// Calls the upstream's tool `tool`.
+    /// Calls the upstream's tool `tool` for the caller `claims` describe.
     async fn call(
         &self,
         tool: &str,
         arguments: Value,
-        identity: String,
+        claims: identity::IdentityClaims,
         progress: Option<mpsc::UnboundedSender<Value>>,
+        idempotency_key: Option<&str>,
     ) -> Result<Value, CallError> {
+        if let Link::OpenApi(o) = &self.link {
+            // The token is signed once the request is built, since it binds it.
+            let args = arguments.as_object().cloned().unwrap_or_default();
+            return o
+                .call(tool, &args, claims, &self.signer, idempotency_key)
+                .await;
+        }
         let params = json!({ "name": tool, "arguments": arguments });
-        self.send("tools/call", params, identity, progress).await
+        self.send("tools/call", params, claims, progress).await
     }
 
     /// One request for a caller, with their identity token where the transport puts it.
@@ -265,9 +287,11 @@ impl Upstream {
         &self,
         method: &str,
         mut params: Value,
-        identity: String,
+        claims: identity::IdentityClaims,
         progress: Option<mpsc::UnboundedSender<Value>>,
     ) -> Result<Value, CallError> {
+        let identity = (self.signer)(&claims)
+            .ok_or_else(|| CallError::Down("Gatehouse could not sign the identity token".into()))?;
         match &self.link {
             Link::Stdio(s) => {
                 let conn = s.pick()?;
@@ -275,6 +299,10 @@ impl Upstream {
                 conn.request(method, params, progress).await
             }
             Link::Http(h) => h.request(method, params, Some(identity), progress).await,
+            Link::OpenApi(_) => Err(CallError::Rpc {
+                code: -32601,
+                message: format!("a REST upstream has no {method}"),
+            }),
         }
     }
 
@@ -292,10 +320,9 @@ impl Upstream {
         if !missing.is_empty() {
             return Err(format!("insufficient scope: this needs {missing}"));
         }
-        let identity = identity_token(ctx, self, method, subject, &params)
-            .map_err(|_| "Gatehouse could not sign the identity token".to_owned())?;
+        let claims = identity_claims(ctx, self, method, subject, &params);
         let timeout = self.config.timeout;
-        tokio::time::timeout(timeout, self.send(method, params, identity, None))
+        tokio::time::timeout(timeout, self.send(method, params, claims, None))
             .await
             .unwrap_or(Err(CallError::Timeout(timeout.as_secs())))
             .map_err(|e| format!("the upstream {:?} failed: {e}", self.name()))
@@ -336,7 +363,12 @@ fn start_upstream(
     let gw = &state.config.gateway;
     let stats = Arc::new(UpstreamStats::default());
     let (stop, stop_rx) = watch::channel(false);
-    let service = service_token(state.clone(), config.audience.clone());
+    let claims = service_claims(state.clone(), config.audience.clone());
+    let signer = signer(state.clone());
+    let service: http::ServiceToken = {
+        let (claims, signer) = (claims.clone(), signer.clone());
+        Arc::new(move || signer(&claims()))
+    };
     let link = match &config.transport {
         Transport::Stdio {
             command,
@@ -390,7 +422,45 @@ fn start_upstream(
             events.clone(),
             stop_rx,
         )),
-        Transport::OpenApi { .. } => return None,
+        Transport::OpenApi {
+            spec,
+            base_url,
+            include,
+            exclude,
+            headers,
+            check_operation,
+            max_response_bytes,
+        } => {
+            let client = reqwest::Client::builder()
+                // A redirect could carry the identity token and the API's own
+                // credentials to another host.
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .ok()?;
+            Link::OpenApi(openapi::OpenApiUpstream::start(
+                openapi::Settings {
+                    upstream: config.name.to_string(),
+                    spec: spec.clone(),
+                    base_url: base_url.clone(),
+                    include: include.clone(),
+                    exclude: exclude.clone(),
+                    headers: headers.clone(),
+                    identity_header: config.identity_header.clone(),
+                    check_operation: check_operation.clone(),
+                    timeout: config.timeout,
+                    max_response_bytes: *max_response_bytes,
+                    backoff: gw.restart_backoff,
+                },
+                client,
+                claims,
+                signer.clone(),
+                events.clone(),
+                stop_rx,
+            ))
+        }
     };
     Some(Arc::new(Upstream {
         config: config.clone(),
@@ -405,15 +475,25 @@ fn start_upstream(
         in_flight: AtomicUsize::new(0),
         idle: tokio::sync::Notify::new(),
         service,
+        signer,
     }))
 }
 
-/// Identity tokens for the gateway's own requests to an upstream (negotiation,
-/// listing): `sub` `gatehouse`, credential `gateway`, no tool, empty arguments.
-fn service_token(state: AppState, audience: String) -> http::ServiceToken {
+/// Signs identity tokens with Gatehouse's current key.
+fn signer(state: AppState) -> openapi::Signer {
+    Arc::new(move |claims| identity::sign(&state.keys.current(), claims).ok())
+}
+
+/// The claims of the gateway's own requests to an upstream (negotiation, listing,
+/// credential checks): `sub` `gatehouse`, credential `gateway`, no tool, empty
+/// arguments.
+fn service_claims(
+    state: AppState,
+    audience: String,
+) -> Arc<dyn Fn() -> identity::IdentityClaims + Send + Sync> {
     Arc::new(move || {
         let now = state.clock.now();
-        let claims = identity::IdentityClaims {
+        identity::IdentityClaims {
             iss: state.config.server.public_url.clone(),
             aud: audience.clone(),
             sub: "gatehouse".into(),
@@ -428,8 +508,8 @@ fn service_token(state: AppState, audience: String) -> http::ServiceToken {
             jti: crate::crypto::random::id("idt"),
             iat: now,
             exp: now + state.config.gateway.identity_ttl_secs,
-        };
-        identity::sign(&state.keys.current(), &claims).ok()
+            ..Default::default()
+        }
     })
 }
 
@@ -527,7 +607,19 @@ impl Gateway {
         let mut next = Vec::new();
         let mut started = Vec::new();
         for c in configs {
-            match old.iter().find(|u| u.config == *c && !u.is_parked()) {
+            // A description file is read again (it may have changed); one from a URL is
+            // read once, at start, and when its settings change.
+            let rereads = matches!(
+                &c.transport,
+                Transport::OpenApi {
+                    spec: config::upstream::SpecSource::File(_),
+                    ..
+                }
+            );
+            match old
+                .iter()
+                .find(|u| u.config == *c && !u.is_parked() && !rereads)
+            {
                 Some(u) => next.push(u.clone()),
                 None => {
                     if let Some(u) = start_upstream(&self.state, c, &self.events) {
@@ -910,7 +1002,12 @@ impl Merger {
             }
         }
         for u in &upstreams {
-            let r = reports.remove(u.name()).unwrap_or_default();
+            let mut r = reports.remove(u.name()).unwrap_or_default();
+            if let Link::OpenApi(o) = &u.link {
+                // Operations that never became tools come first, per operation.
+                r.skipped.splice(0..0, o.skipped());
+                r.credentials = o.credentials();
+            }
             let relaxed = std::sync::atomic::Ordering::Relaxed;
             u.stats.up.store(u64::from(u.is_up()), relaxed);
             u.stats.tools.store(r.served.len() as u64, relaxed);
@@ -1164,16 +1261,7 @@ impl Tool for UpstreamTool {
             let u = &self.upstream;
             let _running = u.begin_call();
             let arguments = Value::Object(args);
-            let identity = match identity_token(&ctx, u, "tools/call", &self.tool, &arguments) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not sign an identity token");
-                    return ToolResult::coded_error(
-                        "UPSTREAM_UNAVAILABLE",
-                        "Gatehouse could not sign the call's identity token; try again shortly",
-                    );
-                }
-            };
+            let claims = identity_claims(&ctx, u, "tools/call", &self.tool, &arguments);
             let (tx, mut rx) = if ctx.wants_progress() {
                 let (tx, rx) = mpsc::unbounded_channel();
                 (Some(tx), Some(rx))
@@ -1182,7 +1270,10 @@ impl Tool for UpstreamTool {
             };
             let timeout = u.config.timeout;
             let started = std::time::Instant::now();
-            let call = tokio::time::timeout(timeout, u.call(&self.tool, arguments, identity, tx));
+            let call = tokio::time::timeout(
+                timeout,
+                u.call(&self.tool, arguments, claims, tx, ctx.idempotency_key()),
+            );
             tokio::pin!(call);
             let forward = |p: Value| {
                 let progress = p.get("progress").and_then(Value::as_f64).unwrap_or(0.0);
@@ -1240,16 +1331,17 @@ fn upstream_error(u: &Upstream, e: &CallError) -> ToolResult {
     ToolResult::coded_error(code, format!("the upstream {:?} failed: {e}", u.name()))
 }
 
-fn identity_token(
+/// The identity token's claims for `ctx`'s caller calling `method` on `tool`.
+fn identity_claims(
     ctx: &ToolContext,
     u: &Upstream,
     method: &str,
     tool: &str,
     arguments: &Value,
-) -> Result<String, jsonwebtoken::errors::Error> {
+) -> identity::IdentityClaims {
     let caller = &ctx.caller;
     let now = ctx.state.clock.now();
-    let claims = identity::IdentityClaims {
+    identity::IdentityClaims {
         iss: ctx.state.config.server.public_url.clone(),
         aud: u.config.audience.clone(),
         sub: caller.user_id.clone(),
@@ -1268,6 +1360,6 @@ fn identity_token(
         jti: crate::crypto::random::id("idt"),
         iat: now,
         exp: now + ctx.state.config.gateway.identity_ttl_secs,
-    };
-    identity::sign(&ctx.state.keys.current(), &claims)
+        ..Default::default()
+    }
 }

@@ -221,7 +221,10 @@ impl Call {
                 None => {
                     refused = false;
                     match &self.idempotency_key {
-                        Some(key) => idempotent(&ctx, &self.tool, &self.name, key, self.args).await,
+                        Some(key) => {
+                            let ctx = ctx.with_idempotency_key(key);
+                            idempotent(&ctx, &self.tool, &self.name, key, self.args).await
+                        }
                         None => self.tool.call(ctx, self.args).await,
                     }
                 }

@@ -635,6 +635,9 @@ pub struct ToolContext {
     pub caller: Arc<Principal>,
     notifier: Notifier,
     request: Arc<RequestExtras>,
+    /// The call's `idempotency_key`, which Gatehouse already honours; a tool that
+    /// calls another service may pass it on (a REST API's `Idempotency-Key`).
+    idempotency_key: Option<Arc<str>>,
 }
 
 /// Per-request fields a tool may read.
@@ -662,11 +665,22 @@ impl ToolContext {
             caller,
             notifier,
             request,
+            idempotency_key: None,
         }
     }
 
     pub fn request(&self) -> &RequestExtras {
         &self.request
+    }
+
+    pub(crate) fn with_idempotency_key(mut self, key: &str) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// The `idempotency_key` the caller gave this call, if the tool takes one.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
     }
 
     /// Whether the client asked for progress and can receive it on this call.
