@@ -14,6 +14,13 @@
 //! `Authorization: Bearer` (or the header `TEST_UPSTREAM_IDENTITY_HEADER` names); a call
 //! with a progress token is answered as an SSE stream.
 //!
+//! With `--rest`, it is a REST API instead, for OpenAPI upstreams (the first line on
+//! stdout says where): `/status/{code}` answers with that status, `/big?bytes=N` with
+//! a JSON answer of about N bytes, `/text` with plain text, and every other request
+//! is echoed as JSON (method, path, query, header names, `Idempotency-Key`, body, and
+//! who the identity token names). With the JWKS set, a request without a valid
+//! identity token for exactly this method, URL and body is refused with 401.
+//!
 //! Other settings: `TEST_UPSTREAM_EXIT_AT_START` (a message: written to stderr, then
 //! exit 2, for crash loops), `TEST_UPSTREAM_PAGE` (tools per `tools/list` page, 4),
 //! `TEST_UPSTREAM_VARIANT` (changes the `echo` description, for pinning tests), or
@@ -168,6 +175,21 @@ impl Verifier {
         tool: &str,
         args: &Value,
     ) -> Result<IdentityClaims, String> {
+        let c = self.decode(token).await?;
+        if c.method != method {
+            return Err(format!("issued for method {:?}", c.method));
+        }
+        if c.tool != tool {
+            return Err(format!("issued for tool {:?}", c.tool));
+        }
+        if c.args_sha256 != identity::args_digest(args) {
+            return Err("issued for other arguments".into());
+        }
+        Ok(c)
+    }
+
+    /// The claims of a validly signed, current identity token for this upstream.
+    async fn decode(&self, token: &str) -> Result<IdentityClaims, String> {
         use jsonwebtoken::{Algorithm, DecodingKey, Validation};
         let jwks = self
             .jwks
@@ -199,15 +221,6 @@ impl Verifier {
         if c.exp - c.iat > 60 {
             return Err("lives longer than 60 s".into());
         }
-        if c.method != method {
-            return Err(format!("issued for method {:?}", c.method));
-        }
-        if c.tool != tool {
-            return Err(format!("issued for tool {:?}", c.tool));
-        }
-        if c.args_sha256 != identity::args_digest(args) {
-            return Err("issued for other arguments".into());
-        }
         Ok(c)
     }
 }
@@ -223,6 +236,9 @@ async fn main() {
     let verifier = Arc::new(Verifier::from_env());
     if std::env::args().any(|a| a == "--http") {
         return http::serve(verifier).await;
+    }
+    if std::env::args().any(|a| a == "--rest") {
+        return rest::serve(verifier).await;
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
     let writer = tokio::spawn(async move {
@@ -622,5 +638,144 @@ mod http {
             let last = m.get("id") == Some(&id) && m.get("method").is_none();
             Some((Ok(Event::default().data(m.to_string())), (rx, id, last)))
         })
+    }
+}
+
+mod rest {
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use base64::Engine;
+    use serde_json::{Value, json};
+    use sha2::Digest;
+
+    use super::Verifier;
+
+    pub async fn serve(verifier: Arc<Option<Verifier>>) {
+        let port = std::env::var("PORT").unwrap_or_else(|_| "0".into());
+        let Ok(listener) = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await else {
+            eprintln!("cannot listen");
+            std::process::exit(1);
+        };
+        let Ok(addr) = listener.local_addr() else {
+            std::process::exit(1);
+        };
+        println!("listening on http://{addr}");
+        let app = Router::new().fallback(any).with_state(verifier);
+        let _ = axum::serve(listener, app).await;
+    }
+
+    async fn any(
+        State(verifier): State<Arc<Option<Verifier>>>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let mut who = Value::Null;
+        if let Some(v) = verifier.as_ref() {
+            let name = std::env::var("TEST_UPSTREAM_IDENTITY_HEADER")
+                .unwrap_or_else(|_| "authorization".into());
+            let Some(token) = header(&name) else {
+                return refuse("no identity token");
+            };
+            let token = token.strip_prefix("Bearer ").unwrap_or(&token);
+            let claims = match v.decode(token).await {
+                Ok(c) => c,
+                Err(e) => return refuse(&e),
+            };
+            let url = format!(
+                "http://{}{}",
+                header("host").unwrap_or_default(),
+                uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+            );
+            let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(&body));
+            if claims.htm.as_deref() != Some(method.as_str()) {
+                return refuse(&format!("issued for method {:?}", claims.htm));
+            }
+            if claims.htu.as_deref() != Some(url.as_str()) {
+                return refuse(&format!("issued for {:?}, not {url:?}", claims.htu));
+            }
+            if claims.body_sha256.as_deref() != Some(digest.as_str()) {
+                return refuse("issued for another body");
+            }
+            who = json!({ "sub": claims.sub, "tool": claims.tool, "scope": claims.scope });
+        }
+        let path = uri.path();
+        if let Some(code) = path.strip_prefix("/status/") {
+            let code = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            return (
+                code,
+                axum::Json(json!({ "error": format!("status {}", code.as_u16()) })),
+            )
+                .into_response();
+        }
+        if path == "/text" {
+            return ([("content-type", "text/plain")], "plain words").into_response();
+        }
+        if path == "/empty" {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        if path == "/big" {
+            let bytes: usize = uri
+                .query()
+                .and_then(|q| q.strip_prefix("bytes="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1 << 20)
+                .min(64 << 20);
+            let items: Vec<Value> = (0..bytes / 16).map(|i| json!(format!("{i:012}"))).collect();
+            return axum::Json(json!({ "items": items })).into_response();
+        }
+        // Every header but the two that hold secrets, whose presence is enough.
+        let mut seen = serde_json::Map::new();
+        for (k, v) in &headers {
+            let shown = if k == "authorization" || k == "x-api-key" {
+                json!(true)
+            } else {
+                json!(v.to_str().unwrap_or("(not text)"))
+            };
+            seen.insert(k.as_str().to_owned(), shown);
+        }
+        let content_type = header("content-type");
+        let parsed = match content_type.as_deref() {
+            Some(t) if t.contains("json") => {
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)
+            }
+            _ => json!(String::from_utf8_lossy(&body)),
+        };
+        axum::Json(json!({
+            "method": method.as_str(),
+            "path": path,
+            "query": uri.query(),
+            "headers": seen,
+            "idempotency_key": header("idempotency-key"),
+            "content_type": content_type,
+            "body": parsed,
+            "identity": who,
+        }))
+        .into_response()
+    }
+
+    fn refuse(why: &str) -> Response {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({ "error": format!("identity token: {why}") })),
+        )
+            .into_response()
     }
 }

@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::state::AppState;
 
-/// Prints the report; fails when an upstream is not up, so that a deploy can stop.
+/// Prints the report; fails when an upstream is not up or its credentials are refused,
+/// so that a deploy can stop.
 pub async fn check(config: Config, json_out: bool) -> anyhow::Result<()> {
     if config.gateway.upstreams.is_empty() {
         if json_out {
@@ -31,6 +32,7 @@ pub async fn check(config: Config, json_out: bool) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     let gateway = Gateway::start(state).await;
     let mut down = Vec::new();
+    let mut refused = Vec::new();
     let mut machine = Vec::new();
     let mut human = String::new();
     for u in gateway.upstreams() {
@@ -38,6 +40,12 @@ pub async fn check(config: Config, json_out: bool) -> anyhow::Result<()> {
         let status = u.status();
         if !u.is_up() {
             down.push(u.name().to_owned());
+        }
+        if r.credentials
+            .as_deref()
+            .is_some_and(|c| c.starts_with("refused"))
+        {
+            refused.push(u.name().to_owned());
         }
         machine.push(json!({
             "name": u.name(),
@@ -48,6 +56,8 @@ pub async fn check(config: Config, json_out: bool) -> anyhow::Result<()> {
             "skipped": r.skipped.iter().map(|s| json!({ "tool": s.tool, "reason": s.reason })).collect::<Vec<_>>(),
             "lint": r.lint,
             "list_bytes": r.list_bytes,
+            "credentials": r.credentials,
+            "operations": r.operations.map(|(kept, total)| json!({ "kept": kept, "total": total })),
         }));
         human.push_str(&format!(
             "{} ({}): {status}\n  {} tools served, {} skipped; its tools/list entries are {} bytes\n",
@@ -71,6 +81,9 @@ pub async fn check(config: Config, json_out: bool) -> anyhow::Result<()> {
         for l in &r.lint {
             human.push_str(&format!("  lint: {l}\n"));
         }
+        if let Some(c) = &r.credentials {
+            human.push_str(&format!("  credentials: {c}\n"));
+        }
     }
     gateway.shutdown().await;
     store.close().await;
@@ -79,9 +92,16 @@ pub async fn check(config: Config, json_out: bool) -> anyhow::Result<()> {
     } else {
         print!("{human}");
     }
-    if down.is_empty() {
+    let mut problems = Vec::new();
+    if !down.is_empty() {
+        problems.push(format!("not up: {}", down.join(", ")));
+    }
+    if !refused.is_empty() {
+        problems.push(format!("credentials refused: {}", refused.join(", ")));
+    }
+    if problems.is_empty() {
         Ok(())
     } else {
-        Err(anyhow!("not up: {}", down.join(", ")))
+        Err(anyhow!("{}", problems.join("; ")))
     }
 }

@@ -92,6 +92,8 @@ pub struct Report {
     pub list_bytes: usize,
     /// What the credential check of a REST upstream found (`check_operation`).
     pub credentials: Option<String>,
+    /// A REST upstream's `(operations turned into tools, operations in its description)`.
+    pub operations: Option<(usize, usize)>,
 }
 
 pub struct Upstream {
@@ -1006,7 +1008,9 @@ impl Merger {
             if let Link::OpenApi(o) = &u.link {
                 // Operations that never became tools come first, per operation.
                 r.skipped.splice(0..0, o.skipped());
+                r.lint.splice(0..0, o.lint());
                 r.credentials = o.credentials();
+                r.operations = o.operations();
             }
             let relaxed = std::sync::atomic::Ordering::Relaxed;
             u.stats.up.store(u64::from(u.is_up()), relaxed);

@@ -37,8 +37,8 @@ both_backends!(
     a_modern_upstream_is_spoken_to_at_2026_07_28,
 );
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-test-upstream");
-const EXTRA_SCOPES: &str = "tools:t=Use t; tools:t:write=Write with t";
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_gatehouse-test-upstream");
+pub(crate) const EXTRA_SCOPES: &str = "tools:t=Use t; tools:t:write=Write with t";
 
 /// One stdio upstream `t` of the test server that checks its identity tokens.
 fn upstream_t(extra: &str) -> String {
@@ -76,7 +76,7 @@ async fn spawn(backend: Backend, upstreams: &str) -> Option<TestApp> {
     Some(app)
 }
 
-async fn pat(app: &TestApp, scopes: &str) -> String {
+pub(crate) async fn pat(app: &TestApp, scopes: &str) -> String {
     cli_env(
         &app.db,
         &[
@@ -103,7 +103,7 @@ async fn pat(app: &TestApp, scopes: &str) -> String {
         .to_owned()
 }
 
-async fn post(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn post(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
     app.client
         .post(app.url("/mcp"))
         .header("accept", "application/json, text/event-stream")
@@ -115,7 +115,7 @@ async fn post(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-async fn list(app: &TestApp, token: &str) -> Vec<Value> {
+pub(crate) async fn list(app: &TestApp, token: &str) -> Vec<Value> {
     let mut all = Vec::new();
     let mut cursor = Value::Null;
     loop {
@@ -136,14 +136,14 @@ async fn list(app: &TestApp, token: &str) -> Vec<Value> {
     }
 }
 
-fn names(tools: &[Value]) -> Vec<String> {
+pub(crate) fn names(tools: &[Value]) -> Vec<String> {
     tools
         .iter()
         .map(|t| t["name"].as_str().unwrap().to_owned())
         .collect()
 }
 
-async fn call(app: &TestApp, token: &str, name: &str, arguments: Value) -> Value {
+pub(crate) async fn call(app: &TestApp, token: &str, name: &str, arguments: Value) -> Value {
     let res = post(
         app,
         token,
@@ -156,7 +156,7 @@ async fn call(app: &TestApp, token: &str, name: &str, arguments: Value) -> Value
     body["result"].clone()
 }
 
-fn text(result: &Value) -> &str {
+pub(crate) fn text(result: &Value) -> &str {
     result["content"][0]["text"].as_str().unwrap_or_default()
 }
 
@@ -172,7 +172,7 @@ async fn metrics(app: &TestApp) -> String {
 }
 
 /// Polls `check` every 20 ms for up to 15 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -186,7 +186,7 @@ where
     panic!("not within 15 s: {what}");
 }
 
-fn portable(name: &str) -> bool {
+pub(crate) fn portable(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -900,9 +900,9 @@ async fn the_sdk_client_uses_server_everything_through_gatehouse(backend: Backen
 }
 
 /// The test upstream over Streamable HTTP, killed when dropped.
-struct HttpUpstream {
+pub(crate) struct HttpUpstream {
     child: std::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for HttpUpstream {
@@ -913,9 +913,14 @@ impl Drop for HttpUpstream {
 }
 
 fn http_upstream(env: &[(&str, String)]) -> HttpUpstream {
+    served_upstream("--http", env)
+}
+
+/// The test server in `mode` (`--http`, `--rest`), with only `env`, once it listens.
+pub(crate) fn served_upstream(mode: &str, env: &[(&str, String)]) -> HttpUpstream {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(BIN);
-    cmd.arg("--http")
+    cmd.arg(mode)
         .env_clear()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());

@@ -7,6 +7,7 @@ mod helpers;
 mod cli;
 mod clients;
 mod gateway;
+mod gateway_openapi;
 mod health;
 mod legacy_sse;
 mod lifecycle;

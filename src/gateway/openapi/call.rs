@@ -233,6 +233,8 @@ pub fn result(
         "\n\n[The answer was cut at {limit} bytes (its upstream's max_response_bytes); ask for less, for example with filters or a smaller page.]"
     );
     let mut out = Map::new();
+    // Said outright, as our own tools do, though the spec lets it be left out.
+    out.insert("isError".into(), json!(!ok));
     if !ok {
         // The model reads the API's own explanation and can correct the call.
         const SHOWN: usize = 4096;

@@ -121,6 +121,23 @@ impl OpenApiUpstream {
         self.credentials.read().ok().and_then(|c| c.clone())
     }
 
+    /// `(operations turned into tools, operations in the description)`, once loaded.
+    pub fn operations(&self) -> Option<(usize, usize)> {
+        self.loaded().map(|l| (l.operations.len(), l.total))
+    }
+
+    /// Findings about operations that were served: schemas simplified to fit.
+    pub fn lint(&self) -> Vec<String> {
+        self.loaded()
+            .map(|l| {
+                l.operations
+                    .iter()
+                    .filter_map(|o| o.simplified.as_ref().map(|s| format!("{}: {s}", o.tool)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Operations of the description not served, and why.
     pub fn skipped(&self) -> Vec<Skipped> {
         self.loaded().map(|l| l.skipped.clone()).unwrap_or_default()
@@ -350,7 +367,8 @@ async fn load_loop(
                 if let Ok(mut slot) = up.loaded.write() {
                     *slot = Some(Arc::new(l));
                 }
-                up.health.send_replace(Health::Up);
+                // Checked before it counts as up, so that `upstream check` (which
+                // waits for up) always has the answer.
                 if let Some(c) = up.check_credentials(service(), &signer).await {
                     if c.starts_with("ok") {
                         tracing::info!(upstream = %name, credentials = %c, "credentials checked");
@@ -361,6 +379,7 @@ async fn load_loop(
                         *slot = Some(c);
                     }
                 }
+                up.health.send_replace(Health::Up);
                 let _ = events.send(Event::Changed(name.clone()));
                 stopped(&mut stop).await;
                 break;

@@ -137,6 +137,8 @@ pub struct Operation {
     pub body: Option<Body>,
     /// The `tools/list` entry.
     pub definition: Map<String, Value>,
+    /// Set when the input schema had to be simplified to fit clients' limits.
+    pub simplified: Option<String>,
 }
 
 impl Operation {
@@ -533,6 +535,7 @@ fn operation(
     if !defs.is_empty() {
         input["$defs"] = Value::Object(defs);
     }
+    let simplified = slim(&mut input, SCHEMA_BUDGET);
     let summary = text(op, "summary");
     let mut description = match (&summary, text(op, "description")) {
         (Some(s), Some(d)) if d.starts_with(s.as_str()) => d,
@@ -583,7 +586,110 @@ fn operation(
         params,
         body,
         definition,
+        simplified,
     })
+}
+
+/// What an input schema may take, in bytes: under what Claude Code accepts
+/// ([`crate::mcp::tools::MAX_SCHEMA_BYTES`]), with room for `idempotency_key`.
+const SCHEMA_BUDGET: usize = 15 * 1024;
+
+/// Shrinks `schema` until it fits `budget`, losing the least first: examples and
+/// titles, then nested descriptions, then the detail of ever shallower subschemas
+/// (each keeps its `type`). Large REST bodies (GitHub's rulesets) would otherwise be
+/// dropped by clients whole. Says what it took out, if anything.
+fn slim(schema: &mut Value, budget: usize) -> Option<String> {
+    let size = |s: &Value| serde_json::to_vec(s).map_or(0, |v| v.len());
+    let before = size(schema);
+    if before <= budget {
+        return None;
+    }
+    let mut steps = vec![Cut::Keywords(&[
+        "examples",
+        "title",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+    ])];
+    steps.push(Cut::NestedDescriptions);
+    steps.extend((1..=6).rev().map(Cut::Below));
+    for step in &steps {
+        cut(schema, step, 0);
+        if size(schema) <= budget {
+            return Some(format!(
+                "its input schema of {before} bytes was simplified to {} bytes ({})",
+                size(schema),
+                match step {
+                    Cut::Keywords(_) => "examples and titles left out".to_owned(),
+                    Cut::NestedDescriptions => "nested descriptions left out".to_owned(),
+                    Cut::Below(d) => format!("only types below depth {d}"),
+                }
+            ));
+        }
+    }
+    Some(format!(
+        "its input schema of {before} bytes was simplified to {} bytes",
+        size(schema)
+    ))
+}
+
+enum Cut {
+    Keywords(&'static [&'static str]),
+    /// Descriptions of anything below the top-level properties.
+    NestedDescriptions,
+    /// Subschemas deeper than this keep only their `type`.
+    Below(usize),
+}
+
+/// Applies `how` to the schema `s` at nesting `depth` (0: the input schema itself,
+/// 1: its properties), walking only schema positions (never, say, a property that
+/// happens to be called `title`).
+fn cut(s: &mut Value, how: &Cut, depth: usize) {
+    let Some(o) = s.as_object_mut() else {
+        return;
+    };
+    if let Cut::Below(limit) = how
+        && depth > *limit
+    {
+        o.retain(|k, _| k == "type");
+        return;
+    }
+    match how {
+        Cut::Keywords(keys) => o.retain(|k, _| !keys.contains(&k.as_str())),
+        Cut::NestedDescriptions if depth > 1 => {
+            o.remove("description");
+        }
+        _ => {}
+    }
+    for (k, v) in o.iter_mut() {
+        match k.as_str() {
+            "properties" | "patternProperties" | "$defs" | "dependentSchemas" => {
+                if let Some(m) = v.as_object_mut() {
+                    for sub in m.values_mut() {
+                        cut(sub, how, depth + 1);
+                    }
+                }
+            }
+            "items"
+            | "additionalProperties"
+            | "not"
+            | "contains"
+            | "if"
+            | "then"
+            | "else"
+            | "propertyNames"
+            | "unevaluatedProperties"
+            | "unevaluatedItems" => cut(v, how, depth + 1),
+            "allOf" | "anyOf" | "oneOf" | "prefixItems" => {
+                if let Some(a) = v.as_array_mut() {
+                    for sub in a {
+                        cut(sub, how, depth + 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
@@ -715,6 +821,39 @@ mod tests {
 
     fn doc(paths: Value) -> Value {
         json!({ "openapi": "3.1.0", "info": { "title": "t", "version": "1" }, "paths": paths })
+    }
+
+    #[test]
+    fn an_oversized_schema_is_simplified_until_it_fits() {
+        let long = "words ".repeat(40);
+        let rule = |i: usize| json!({ "type": "object", "description": long, "properties": { "title": { "type": "string", "description": long, "examples": ["x"] }, "n": { "type": "integer", "description": format!("rule {i}") } } });
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "name": { "type": "string", "description": "The ruleset's name" },
+                "rules": { "type": "array", "description": "Its rules", "items": { "oneOf": (0..60).map(rule).collect::<Vec<_>>() } },
+            },
+            "required": ["name"],
+        });
+        let before = schema.to_string().len();
+        let note = slim(&mut schema, 8 * 1024).unwrap();
+        let after = schema.to_string().len();
+        assert!(after <= 8 * 1024 && after < before, "{after}");
+        assert!(note.contains(&before.to_string()), "{note}");
+        // What the model needs most stays: top-level descriptions, required, and a
+        // property that merely is called `title`.
+        assert_eq!(
+            schema["properties"]["name"]["description"],
+            "The ruleset's name"
+        );
+        assert_eq!(schema["properties"]["rules"]["description"], "Its rules");
+        assert_eq!(schema["required"], json!(["name"]));
+        assert!(
+            schema["properties"]["rules"]["items"]["oneOf"][0]["properties"]["title"].is_object()
+        );
+        assert!(jsonschema::validator_for(&schema).is_ok());
+        let mut small = json!({ "type": "object" });
+        assert_eq!(slim(&mut small, 8 * 1024), None);
     }
 
     #[test]
