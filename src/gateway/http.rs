@@ -5,7 +5,8 @@
 //! the upstream speaks: `server/discover` (2026-07-28, stateless), else `initialize`
 //! (2025-11-25 down to 2025-03-26), keeping the `Mcp-Session-Id` a stateful upstream
 //! hands out and initializing again when it expires. Our own `/mcp` stays stateless:
-//! the session is Gatehouse's, shared by every caller.
+//! the session is Gatehouse's, shared by every caller. An upstream that refuses both
+//! with a 4xx is tried as a 2024-11-05 HTTP+SSE server ([`super::sse`]).
 //!
 //! Answers may be JSON or an SSE stream (progress first, then the answer); both are
 //! read up to `gateway.max_response_bytes`. Every request carries an identity token in
@@ -32,6 +33,11 @@ enum Session {
     Modern(String),
     /// An `initialize` revision, with the session id if the upstream gave one.
     Legacy { version: String, id: Option<String> },
+    /// The 2024-11-05 HTTP+SSE transport, at the revision `initialize` agreed.
+    Sse {
+        link: Arc<super::sse::Link>,
+        version: String,
+    },
 }
 
 #[derive(Clone)]
@@ -64,6 +70,7 @@ pub struct HttpUpstream {
     /// Wakes the supervisor to negotiate again (the upstream stopped answering).
     lost: Notify,
     next_id: AtomicU64,
+    events: mpsc::UnboundedSender<Event>,
 }
 
 /// Signs an identity token for a request that is not a user's call (negotiation,
@@ -74,20 +81,14 @@ const MODERN: &str = "2026-07-28";
 const LEGACY: &str = "2025-11-25";
 
 impl HttpUpstream {
+    /// `client` must not follow redirects: one could send the identity token elsewhere.
     pub fn start(
+        client: reqwest::Client,
         settings: Settings,
         service: ServiceToken,
         events: mpsc::UnboundedSender<Event>,
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
-        let client = reqwest::Client::builder()
-            // An upstream that redirects is misconfigured; following it could send the
-            // identity token elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .unwrap_or_default();
         let up = Arc::new(Self {
             settings,
             service: service.clone(),
@@ -96,6 +97,7 @@ impl HttpUpstream {
             health: watch::channel(Health::Starting).0,
             lost: Notify::new(),
             next_id: AtomicU64::new(1),
+            events: events.clone(),
         });
         tokio::spawn(supervise(up.clone(), service, events, stop));
         up
@@ -148,7 +150,7 @@ impl HttpUpstream {
             session: session.clone(),
             identity: identity.clone(),
             id,
-            done: !matches!(session, Session::Legacy { .. }),
+            done: matches!(session, Session::Modern(_)),
         };
         let outcome = self
             .send(
@@ -186,7 +188,7 @@ impl HttpUpstream {
     ) -> Result<Value, SendError> {
         let version = match session {
             Session::Modern(v) => v.as_str(),
-            Session::Legacy { version, .. } => version.as_str(),
+            Session::Legacy { version, .. } | Session::Sse { version, .. } => version.as_str(),
         };
         if let Some(obj) = params.as_object_mut() {
             let meta = obj.entry("_meta").or_insert_with(|| json!({}));
@@ -213,6 +215,13 @@ impl HttpUpstream {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let body = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
+        if let Session::Sse { link, .. } = session {
+            let answer = link
+                .request(self.headers(identity)?, id, &body, progress)
+                .await
+                .map_err(SendError::Call)?;
+            return unwrap_answer(&answer);
+        }
         let mut headers = self.headers(identity)?;
         insert(&mut headers, "mcp-protocol-version", version);
         if let Session::Modern(_) = session {
@@ -272,13 +281,7 @@ impl HttpUpstream {
                 SendError::Call(CallError::Protocol("the answer is not JSON".into()))
             })?
         };
-        match (answer.get("result"), answer.get("error")) {
-            (Some(r), _) => Ok(r.clone()),
-            (None, Some(e)) => Err(SendError::Call(rpc_error(e))),
-            _ => Err(SendError::Call(CallError::Protocol(
-                "an answer with neither result nor error".into(),
-            ))),
-        }
+        unwrap_answer(&answer)
     }
 
     /// The response to request `id` from an SSE stream, passing progress on.
@@ -333,35 +336,11 @@ impl HttpUpstream {
     }
 
     fn headers(&self, identity: Option<&str>) -> Result<HeaderMap, SendError> {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "accept",
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
-        for (k, v) in &self.settings.headers {
-            if let (Ok(name), Ok(mut value)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v.expose()),
-            ) {
-                value.set_sensitive(true);
-                h.insert(name, value);
-            }
-        }
-        if let Some(token) = identity {
-            let value = if self.settings.identity_header == "authorization" {
-                format!("Bearer {token}")
-            } else {
-                token.to_owned()
-            };
-            if let (Ok(name), Ok(mut value)) = (
-                HeaderName::from_bytes(self.settings.identity_header.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                value.set_sensitive(true);
-                h.insert(name, value);
-            }
-        }
-        Ok(h)
+        Ok(build_headers(
+            &self.settings.headers,
+            &self.settings.identity_header,
+            identity,
+        ))
     }
 
     /// A connection-level failure: the supervisor negotiates again.
@@ -432,9 +411,18 @@ impl HttpUpstream {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
+        if status.is_client_error() {
+            // Before Streamable HTTP, a server took a GET for its event stream.
+            return self.open_sse(identity).await.map_err(|e| {
+                CallError::Down(format!(
+                    "it answered neither server/discover nor initialize (HTTP {}), nor a GET for the 2024-11-05 HTTP+SSE transport ({e})",
+                    status.as_u16()
+                ))
+            });
+        }
         if !status.is_success() {
             return Err(CallError::Down(format!(
-                "it answered neither server/discover nor initialize (HTTP {}); servers that offer only the 2024-11-05 HTTP+SSE transport are not supported yet",
+                "it answered initialize with HTTP {}",
                 status.as_u16()
             )));
         }
@@ -474,6 +462,60 @@ impl HttpUpstream {
             .await;
         Ok(session)
     }
+
+    /// The 2024-11-05 HTTP+SSE transport: the stream, then `initialize` over it.
+    async fn open_sse(&self, identity: Option<&str>) -> Result<Session, CallError> {
+        let (configured, header, service) = (
+            self.settings.headers.clone(),
+            self.settings.identity_header.clone(),
+            self.service.clone(),
+        );
+        let link = super::sse::Link::open(super::sse::Opening {
+            upstream: &self.settings.upstream,
+            client: &self.client,
+            url: &self.settings.url,
+            service_headers: Arc::new(move || {
+                build_headers(&configured, &header, service().as_deref())
+            }),
+            max_bytes: self.settings.max_bytes,
+            events: self.events.clone(),
+        })
+        .await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let init = json!({
+            "jsonrpc": "2.0", "id": id, "method": "initialize",
+            "params": {
+                "protocolVersion": LEGACY,
+                "capabilities": {},
+                "clientInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
+            },
+        });
+        let answer = link
+            .request(self.headers(identity)?, id, &init, None)
+            .await?;
+        let version = answer["result"]["protocolVersion"]
+            .as_str()
+            .ok_or_else(|| {
+                CallError::Protocol("initialize: no protocolVersion in the answer".into())
+            })?
+            .to_owned();
+        link.post(
+            self.headers(identity)?,
+            &json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        )
+        .await?;
+        Ok(Session::Sse { link, version })
+    }
+}
+
+fn unwrap_answer(answer: &Value) -> Result<Value, SendError> {
+    match (answer.get("result"), answer.get("error")) {
+        (Some(r), _) => Ok(r.clone()),
+        (None, Some(e)) => Err(SendError::Call(rpc_error(e))),
+        _ => Err(SendError::Call(CallError::Protocol(
+            "an answer with neither result nor error".into(),
+        ))),
+    }
 }
 
 /// Sends `notifications/cancelled` for a legacy-session request dropped before its
@@ -491,21 +533,29 @@ impl Drop for Cancel {
         if self.done {
             return;
         }
-        let Session::Legacy { version, id: sid } = self.session.clone() else {
-            return;
-        };
         let Ok(mut headers) = self.up.headers(self.identity.as_deref()) else {
             return;
         };
-        insert(&mut headers, "mcp-protocol-version", &version);
-        if let Some(sid) = &sid {
-            insert(&mut headers, "mcp-session-id", sid);
-        }
         let note = json!({
             "jsonrpc": "2.0",
             "method": "notifications/cancelled",
             "params": { "requestId": self.id, "reason": "the caller went away or timed out" },
         });
+        let (version, sid) = match self.session.clone() {
+            Session::Modern(_) => return,
+            Session::Sse { link, .. } => {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), link.post(headers, &note))
+                        .await;
+                });
+                return;
+            }
+            Session::Legacy { version, id } => (version, id),
+        };
+        insert(&mut headers, "mcp-protocol-version", &version);
+        if let Some(sid) = &sid {
+            insert(&mut headers, "mcp-session-id", sid);
+        }
         let client = self.up.client.clone();
         let url = self.up.settings.url.clone();
         tokio::spawn(async move {
@@ -515,6 +565,43 @@ impl Drop for Cancel {
     }
 }
 
+/// The configured headers and the identity token, for every request.
+fn build_headers(
+    configured: &BTreeMap<String, Secret>,
+    identity_header: &str,
+    identity: Option<&str>,
+) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "accept",
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    for (k, v) in configured {
+        if let (Ok(name), Ok(mut value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v.expose()),
+        ) {
+            value.set_sensitive(true);
+            h.insert(name, value);
+        }
+    }
+    if let Some(token) = identity {
+        let value = if identity_header == "authorization" {
+            format!("Bearer {token}")
+        } else {
+            token.to_owned()
+        };
+        if let (Ok(name), Ok(mut value)) = (
+            HeaderName::from_bytes(identity_header.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            value.set_sensitive(true);
+            h.insert(name, value);
+        }
+    }
+    h
+}
+
 fn insert(h: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
@@ -522,7 +609,7 @@ fn insert(h: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 /// `(length of the event, length including its terminating blank line)`.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(super) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf
         .windows(2)
         .position(|w| w == b"\n\n")
@@ -609,6 +696,10 @@ async fn supervise(
             Ok(session) => {
                 failures = 0;
                 tracing::info!(upstream = %name, session = ?session_kind(&session), "http upstream connected");
+                let stream = match &session {
+                    Session::Sse { link, .. } => Some(link.clone()),
+                    _ => None,
+                };
                 *up.session.write().await = Some(session);
                 up.health.send_replace(Health::Up);
                 up.settings.stats.up.store(1, Ordering::Relaxed);
@@ -618,6 +709,9 @@ async fn supervise(
                 loop {
                     tokio::select! {
                         _ = up.lost.notified() => {}
+                        why = stream_closed(&stream) => {
+                            up.health.send_replace(Health::Down(why));
+                        }
                         _ = stopped(&mut stop) => break,
                     }
                     if !up.is_up() || *stop.borrow() {
@@ -645,12 +739,23 @@ async fn supervise(
             }
         }
     }
+    // Drops an HTTP+SSE stream, which ends its reader.
+    *up.session.write().await = None;
     up.health.send_replace(Health::Stopped);
+}
+
+/// Resolves when an HTTP+SSE session's stream is gone; never for other sessions.
+async fn stream_closed(stream: &Option<Arc<super::sse::Link>>) -> String {
+    match stream {
+        Some(link) => link.closed().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn session_kind(s: &Session) -> String {
     match s {
         Session::Modern(v) => v.clone(),
+        Session::Sse { version, .. } => format!("{version} over HTTP+SSE"),
         Session::Legacy { version, id } => {
             format!(
                 "{version}{}",

@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod naming;
 pub mod openapi;
+pub mod sse;
 pub mod stdio;
 
 use std::collections::{BTreeMap, HashMap};
@@ -357,6 +358,22 @@ const READY_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the link to one upstream; `None` for transports not served yet (the
 /// configuration check refuses those first).
+/// The HTTP client of an http or openapi upstream. Redirects are never followed: one
+/// could carry the identity token and the upstream's credentials to another host. No
+/// fallback to a default client, which would follow them.
+fn upstream_client(config: &UpstreamConfig) -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .inspect_err(|e| {
+            tracing::error!(upstream = %config.name, error = %e, "no HTTP client for this upstream; it is not started");
+        })
+        .ok()
+}
+
 fn start_upstream(
     state: &AppState,
     config: &UpstreamConfig,
@@ -410,6 +427,7 @@ fn start_upstream(
             ))
         }
         Transport::Http { url, headers } => Link::Http(http::HttpUpstream::start(
+            upstream_client(config)?,
             http::Settings {
                 upstream: config.name.to_string(),
                 url: url.clone(),
@@ -433,15 +451,7 @@ fn start_upstream(
             check_operation,
             max_response_bytes,
         } => {
-            let client = reqwest::Client::builder()
-                // A redirect could carry the identity token and the API's own
-                // credentials to another host.
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-                .pool_idle_timeout(Duration::from_secs(90))
-                .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .ok()?;
+            let client = upstream_client(config)?;
             Link::OpenApi(openapi::OpenApiUpstream::start(
                 openapi::Settings {
                     upstream: config.name.to_string(),

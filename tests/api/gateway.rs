@@ -29,6 +29,7 @@ both_backends!(
     on_change_warn_serves_a_changed_tool_and_audits_it,
     a_client_that_goes_away_cancels_the_upstream_call,
     upstream_prompts_and_resources_are_served_with_namespaced_uris,
+    an_sse_only_upstream_is_reached_over_http_sse,
 );
 
 both_backends!(
@@ -1010,6 +1011,7 @@ async fn an_http_upstream_keeps_its_session_and_gets_only_the_identity_token(bac
                 "host",
                 "mcp-protocol-version",
                 "mcp-session-id",
+                "user-agent",
                 "x-api-key"
             ]
             .contains(h),
@@ -1133,26 +1135,7 @@ async fn the_sdk_client_uses_server_everything_over_http_through_gatehouse(backe
         return;
     };
     let port = crate::process::free_port();
-    let mut server = tokio::process::Command::new(format!("{dir}/node_modules/node/bin/node"))
-        .arg(format!(
-            "{dir}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-        ))
-        .arg("streamableHttp")
-        .env("PORT", port.to_string())
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
-        while let Some(l) = lines.next_line().await.unwrap() {
-            if l.contains("listening") {
-                break;
-            }
-        }
-    }
+    let mut server = everything(&dir, "streamableHttp", port).await;
     let config = format!(
         "[[upstream]]\nname = \"everything\"\ntransport = \"http\"\nurl = \"http://127.0.0.1:{port}/mcp\"\nscopes = \"tools:t\"\n"
     );
@@ -1186,6 +1169,78 @@ async fn the_sdk_client_uses_server_everything_over_http_through_gatehouse(backe
         .unwrap_or_default();
     assert!(text.contains("over http"), "{out}");
     let _ = server.kill().await;
+}
+
+/// server-everything in `mode` on `port`, once it listens.
+async fn everything(dir: &str, mode: &str, port: u16) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut server = tokio::process::Command::new(format!("{dir}/node_modules/node/bin/node"))
+        .arg(format!(
+            "{dir}/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+        ))
+        .arg(mode)
+        .env("PORT", port.to_string())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        if l.contains("listening") || l.contains("running on port") {
+            break;
+        }
+    }
+    // Its later lines are read and dropped, so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    server
+}
+
+/// An upstream that offers only the 2024-11-05 HTTP+SSE transport (server-everything's
+/// `sse` mode): reached over its event stream, and again after it restarts.
+async fn an_sse_only_upstream_is_reached_over_http_sse(backend: Backend) {
+    let Some(dir) = crate::legacy_sse::sdk_dir() else {
+        return;
+    };
+    let port = crate::process::free_port();
+    let server = everything(&dir, "sse", port).await;
+    let config = format!(
+        "[[upstream]]\nname = \"old\"\ntransport = \"http\"\nurl = \"http://127.0.0.1:{port}/sse\"\nscopes = \"tools:t\"\ntimeout_secs = 10\n"
+    );
+    let Some(app) = spawn(backend, &config).await else {
+        return;
+    };
+    let token = pat(&app, "account:read tools:t").await;
+    eventually("the upstream is listed", || async {
+        names(&list(&app, &token).await).contains(&"old_echo".to_owned())
+    })
+    .await;
+    let r = call(&app, &token, "old_echo", json!({ "message": "over sse" })).await;
+    assert!(text(&r).contains("over sse"), "{r}");
+    // Concurrent calls share the one stream; each gets its own answer.
+    let calls = (0..8).map(|i| {
+        let (app, token) = (&app, &token);
+        async move {
+            let r = call(app, token, "old_get-sum", json!({ "a": i, "b": 100 })).await;
+            assert!(text(&r).contains(&format!("{}", i + 100)), "{i}: {r}");
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    // The stream going away takes the upstream down; it comes back with the server.
+    drop(server);
+    eventually("the upstream drops out", || async {
+        !names(&list(&app, &token).await).contains(&"old_echo".to_owned())
+    })
+    .await;
+    let r = call(&app, &token, "old_echo", json!({ "message": "x" })).await;
+    assert_eq!(r["isError"], true, "{r}");
+    let _server = everything(&dir, "sse", port).await;
+    eventually("the upstream is back", || async {
+        names(&list(&app, &token).await).contains(&"old_echo".to_owned())
+    })
+    .await;
+    let r = call(&app, &token, "old_echo", json!({ "message": "again" })).await;
+    assert!(text(&r).contains("again"), "{r}");
 }
 
 async fn changed_tools_are_held_until_an_admin_approves_them(backend: Backend) {
