@@ -123,7 +123,7 @@ pub(crate) async fn handle(req: Request<'_>, method: &str) -> Reply {
         ("ping", Era::Legacy(_)) => Ok(json!({})),
         ("logging/setLevel", Era::Legacy(_)) => set_level(&req),
         ("server/discover", Era::Modern(_)) => Ok(discover(&registry)),
-        ("tools/list", _) => list_tools(&req, &registry.own),
+        ("tools/list", _) => return list_tools(&req, &registry.own),
         ("prompts/list", _) if registry.has_prompts() => list_prompts(&req, &registry),
         ("prompts/get", _) if registry.has_prompts() => get_prompt(&req, &registry).await,
         ("completion/complete", _) if has_completions(&registry) => complete(&req, &registry),
@@ -298,18 +298,74 @@ fn page<T>(
     Ok(out)
 }
 
-/// The registry's own tools, then the gateway's upstream tools.
-fn list_tools(req: &Request<'_>, registry: &Registry) -> Result<Value, RpcError> {
+/// The registry's own tools, then the gateway's upstream tools, written from each
+/// tool's serialized definition (a merged list can hold thousands of schemas).
+fn list_tools(req: &Request<'_>, registry: &Registry) -> Reply {
+    use serde::ser::{SerializeMap, Serializer};
     let extra = req.state.extra_tools.current();
-    if extra.tools().is_empty() {
-        return page(req, registry.tools(), "tools", |t| t.definition.clone());
-    }
     let all: Vec<&super::tools::RegisteredTool> = registry
         .tools()
         .iter()
         .chain(extra.tools().iter().filter(|t| t.listed))
         .collect();
-    page(req, &all, "tools", |t| t.definition.clone())
+    let start = match cursor_start(req.params.get("cursor"), all.len()) {
+        Ok(s) => s,
+        Err(e) => return Reply::Error(e),
+    };
+    let end = (start + req.state.config.mcp.page_size).min(all.len());
+    // Everything but `tools`, as `page` and `decorate` would make it.
+    let mut rest = Value::Object(Map::new());
+    if end < all.len() {
+        rest["nextCursor"] = json!(next_cursor(end));
+    }
+    if req.era.is_modern() {
+        rest["ttlMs"] = json!(LIST_TTL_MS);
+        rest["cacheScope"] = json!("public");
+    }
+    decorate(req.era, &mut rest);
+    struct Tools<'a>(&'a [&'a super::tools::RegisteredTool]);
+    impl serde::Serialize for Tools<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|t| &*t.listing))
+        }
+    }
+    struct Body<'a>(Tools<'a>, &'a Map<String, Value>);
+    impl serde::Serialize for Body<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("tools", &self.0)?;
+            for (k, v) in self.1 {
+                m.serialize_entry(k, v)?;
+            }
+            m.end()
+        }
+    }
+    let empty = Map::new();
+    let rest = rest.as_object().unwrap_or(&empty);
+    Reply::Response(rpc::json_response(
+        axum::http::StatusCode::OK,
+        &Message {
+            id: &req.id,
+            result: Body(Tools(&all[start..end]), rest),
+        },
+    ))
+}
+
+/// A JSON-RPC result message around `result`.
+struct Message<'a, R> {
+    id: &'a Value,
+    result: R,
+}
+
+impl<R: serde::Serialize> serde::Serialize for Message<'_, R> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("jsonrpc", "2.0")?;
+        m.serialize_entry("id", self.id)?;
+        m.serialize_entry("result", &self.result)?;
+        m.end()
+    }
 }
 
 fn list_prompts(req: &Request<'_>, registry: &Served) -> Result<Value, RpcError> {

@@ -844,6 +844,9 @@ impl ResourceTemplate {
 pub(crate) struct RegisteredTool {
     pub tool: Arc<dyn Tool>,
     pub definition: Value,
+    /// `definition` serialized once, so that `tools/list` copies bytes instead of
+    /// cloning and serializing hundreds of schemas per request.
+    pub listing: Box<serde_json::value::RawValue>,
     validator: jsonschema::Validator,
     /// This tool's calls, outcomes and latency, for `/metrics`.
     pub stats: Arc<crate::metrics::ToolStats>,
@@ -977,10 +980,13 @@ impl Registry {
             None => {}
         }
         let definition = spec.definition(&published);
+        let listing = serde_json::value::to_raw_value(&definition)
+            .map_err(|e| bad("inputSchema", e.to_string()))?;
         self.by_name.insert(name, self.tools.len());
         self.tools.push(RegisteredTool {
             tool: Arc::new(tool),
             definition,
+            listing,
             validator,
             stats,
             listed,
