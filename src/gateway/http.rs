@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, RwLock, mpsc, watch};
 
 use super::stdio::{backoff, stopped};
-use super::{CallError, Event};
+use super::{CallError, Event, Events};
 use crate::config::Secret;
 
 /// What was agreed with the upstream.
@@ -70,7 +70,7 @@ pub struct HttpUpstream {
     /// Wakes the supervisor to negotiate again (the upstream stopped answering).
     lost: Notify,
     next_id: AtomicU64,
-    events: mpsc::UnboundedSender<Event>,
+    events: Events,
 }
 
 /// Signs an identity token for a request that is not a user's call (negotiation,
@@ -86,7 +86,7 @@ impl HttpUpstream {
         client: reqwest::Client,
         settings: Settings,
         service: ServiceToken,
-        events: mpsc::UnboundedSender<Event>,
+        events: Events,
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let up = Arc::new(Self {
@@ -679,7 +679,7 @@ impl From<SendError> for CallError {
 async fn supervise(
     up: Arc<HttpUpstream>,
     service: ServiceToken,
-    events: mpsc::UnboundedSender<Event>,
+    events: Events,
     mut stop: watch::Receiver<bool>,
 ) {
     let name = up.settings.upstream.clone();

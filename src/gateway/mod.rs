@@ -65,6 +65,40 @@ pub enum Event {
     Reloaded,
 }
 
+/// Where the links send their [`Event`]s. An upstream's `list_changed` is queued once
+/// until the merger takes it, however often the upstream sends it meanwhile, so a
+/// flood of notifications costs one refresh and no memory.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::UnboundedSender<Event>,
+    pending: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Events {
+    fn new() -> (Self, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::default();
+        (Self { tx, pending }, rx)
+    }
+
+    pub fn send(&self, e: Event) -> Result<(), mpsc::error::SendError<Event>> {
+        if let Event::ListChanged(name) = &e
+            && let Ok(mut p) = self.pending.lock()
+            && !p.insert(name.clone())
+        {
+            return Ok(());
+        }
+        self.tx.send(e)
+    }
+
+    /// The merger took `name`'s `list_changed`: the next one is queued again.
+    fn taken(&self, name: &str) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(name);
+        }
+    }
+}
+
 /// An upstream's tool definitions as it listed them.
 type Listing = Vec<Map<String, Value>>;
 
@@ -344,7 +378,7 @@ type Current = Arc<RwLock<Vec<Arc<Upstream>>>>;
 pub struct Gateway {
     state: AppState,
     current: Current,
-    events: mpsc::UnboundedSender<Event>,
+    events: Events,
     stop_merger: watch::Sender<bool>,
     merger: tokio::task::JoinHandle<()>,
 }
@@ -377,7 +411,7 @@ fn upstream_client(config: &UpstreamConfig) -> Option<reqwest::Client> {
 fn start_upstream(
     state: &AppState,
     config: &UpstreamConfig,
-    events: &mpsc::UnboundedSender<Event>,
+    events: &Events,
 ) -> Option<Arc<Upstream>> {
     let gw = &state.config.gateway;
     let stats = Arc::new(UpstreamStats::default());
@@ -562,7 +596,7 @@ impl Gateway {
     /// Starts every configured upstream and waits (at most [`READY_WAIT`]) until each
     /// has come up or failed once, so that the first `tools/list` already has them.
     pub async fn start(state: AppState) -> Self {
-        let (events, events_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = Events::new();
         let (stop_merger, stop_rx) = watch::channel(false);
         let gw = &state.config.gateway;
         let upstreams: Vec<Arc<Upstream>> = gw
@@ -578,6 +612,7 @@ impl Gateway {
             stats: HashMap::new(),
             pins: HashMap::new(),
             blocked: HashMap::new(),
+            events: events.clone(),
         };
         merger.refresh_all().await;
         let handle = tokio::spawn(merger.run(events_rx, stop_rx));
@@ -709,6 +744,7 @@ struct Merger {
     pins: HashMap<(String, String), ToolPin>,
     /// Tools held back by `on_change = "block"`, with the digest waiting for approval.
     blocked: HashMap<(String, String), String>,
+    events: Events,
 }
 
 /// How often pins are read again while a changed tool waits for approval.
@@ -850,7 +886,11 @@ impl Merger {
                     }
                 }
                 e = events.recv() => match e {
-                    Some(Event::Changed(n) | Event::ListChanged(n)) => names.push(n),
+                    Some(Event::ListChanged(n)) => {
+                        self.events.taken(&n);
+                        names.push(n);
+                    }
+                    Some(Event::Changed(n)) => names.push(n),
                     Some(Event::Reloaded) => all(&mut names, &self.upstreams()),
                     None => return,
                 },
@@ -859,7 +899,11 @@ impl Merger {
             // Events that arrived meanwhile are handled in the same round.
             while let Ok(e) = events.try_recv() {
                 match e {
-                    Event::Changed(n) | Event::ListChanged(n) => names.push(n),
+                    Event::ListChanged(n) => {
+                        self.events.taken(&n);
+                        names.push(n);
+                    }
+                    Event::Changed(n) => names.push(n),
                     Event::Reloaded => all(&mut names, &self.upstreams()),
                 }
             }
@@ -1375,5 +1419,37 @@ fn identity_claims(
         iat: now,
         exp: now + ctx.state.config.gateway.identity_ttl_secs,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_list_changed_is_queued_once_until_taken() {
+        let (events, mut rx) = Events::new();
+        for _ in 0..10_000 {
+            events.send(Event::ListChanged("a".into())).unwrap();
+        }
+        events.send(Event::ListChanged("b".into())).unwrap();
+        events.send(Event::Changed("a".into())).unwrap();
+        events.send(Event::Changed("a".into())).unwrap();
+        let mut got = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            got.push(format!("{e:?}"));
+        }
+        assert_eq!(
+            got,
+            [
+                r#"ListChanged("a")"#,
+                r#"ListChanged("b")"#,
+                r#"Changed("a")"#,
+                r#"Changed("a")"#
+            ]
+        );
+        events.taken("a");
+        events.send(Event::ListChanged("a".into())).unwrap();
+        assert!(rx.try_recv().is_ok(), "queued again once taken");
     }
 }

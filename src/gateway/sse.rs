@@ -14,7 +14,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{CallError, Event};
+use super::{CallError, Event, Events};
 
 /// The revision this transport belongs to.
 pub const VERSION: &str = "2024-11-05";
@@ -59,7 +59,7 @@ pub struct Opening<'a> {
     /// GET and for answering the upstream's requests.
     pub service_headers: ServiceHeaders,
     pub max_bytes: usize,
-    pub events: mpsc::UnboundedSender<Event>,
+    pub events: Events,
 }
 
 impl Link {
@@ -96,7 +96,7 @@ impl Link {
                 if is_sse { "" } else { ", not an event stream" }
             )));
         }
-        let mut stream = Events::new(res, o.max_bytes);
+        let mut stream = EventStream::new(res, o.max_bytes);
         let endpoint = loop {
             match stream.next().await? {
                 Some((name, data)) if name == "endpoint" => break data,
@@ -244,13 +244,13 @@ fn same_origin(base: &url::Url, given: &str) -> Result<url::Url, String> {
 }
 
 /// Server-sent events off a response, each at most `max` bytes.
-struct Events {
+struct EventStream {
     res: reqwest::Response,
     buf: Vec<u8>,
     max: usize,
 }
 
-impl Events {
+impl EventStream {
     fn new(res: reqwest::Response, max: usize) -> Self {
         Self {
             res,
@@ -297,12 +297,12 @@ struct Reader {
     client: reqwest::Client,
     endpoint: url::Url,
     service_headers: ServiceHeaders,
-    events: mpsc::UnboundedSender<Event>,
+    events: Events,
     closed: watch::Sender<Option<String>>,
 }
 
 /// Delivers what the stream carries until it ends, then fails every waiting request.
-async fn read(mut stream: Events, r: Reader) {
+async fn read(mut stream: EventStream, r: Reader) {
     let why = loop {
         let msg = match stream.next().await {
             Ok(Some((name, data))) if name == "message" => {

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{CallError, Event};
+use super::{CallError, Event, Events};
 
 /// A process that stayed up this long resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -147,11 +147,7 @@ pub struct Settings {
 
 impl StdioUpstream {
     /// Starts the pool's supervisors; they run until `stop` turns true.
-    pub fn start(
-        settings: Settings,
-        events: mpsc::UnboundedSender<Event>,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
+    pub fn start(settings: Settings, events: Events, stop: watch::Receiver<bool>) -> Self {
         let settings = Arc::new(settings);
         let slots: Vec<Arc<Slot>> = (0..settings.pool)
             .map(|i| {
@@ -271,7 +267,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn supervise(
     slot: Arc<Slot>,
     settings: Arc<Settings>,
-    events: mpsc::UnboundedSender<Event>,
+    events: Events,
     mut stop: watch::Receiver<bool>,
 ) {
     let upstream = settings.upstream.clone();
@@ -321,7 +317,7 @@ enum Exit {
 async fn run_once(
     slot: &Arc<Slot>,
     settings: &Settings,
-    events: &mpsc::UnboundedSender<Event>,
+    events: &Events,
     stop: &mut watch::Receiver<bool>,
 ) -> Exit {
     let spawn = &settings.spawn;
@@ -695,7 +691,7 @@ impl Conn {
     }
 
     /// One message from the process.
-    fn dispatch(&self, msg: Value, events: &mpsc::UnboundedSender<Event>) {
+    fn dispatch(&self, msg: Value, events: &Events) {
         let Value::Object(mut m) = msg else { return };
         let id = m.get("id").cloned();
         match (m.remove("method"), id) {
@@ -769,7 +765,7 @@ impl Conn {
 async fn read_stdout(
     mut reader: impl AsyncBufRead + Unpin,
     conn: Arc<Conn>,
-    events: mpsc::UnboundedSender<Event>,
+    events: Events,
     max: usize,
 ) {
     let mut line = Vec::with_capacity(4096);

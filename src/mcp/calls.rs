@@ -125,7 +125,7 @@ pub(crate) async fn call_tool(req: Request<'_>) -> Reply {
             .is_some_and(|m| m.contains_key(rpc::META_LOG_LEVEL)),
     };
     let (tx, rx) = if req.may_stream && spec.may_notify() && accepts_sse(req.headers) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(NOTIFICATIONS_QUEUED);
         (Some(tx), Some(rx))
     } else {
         (None, None)
@@ -522,7 +522,10 @@ type Run = Pin<Box<dyn Future<Output = Outgoing> + Send>>;
 /// Plain JSON unless the tool sends a notification before it finishes; then an SSE
 /// stream carrying the notifications and, last, the response. Dropping the stream
 /// (the client went away) drops the call: that is the cancellation.
-async fn respond(mut run: Run, rx: Option<mpsc::UnboundedReceiver<Value>>) -> Response {
+/// Notifications waiting for a slow client; more are dropped (see `ToolContext::progress`).
+const NOTIFICATIONS_QUEUED: usize = 256;
+
+async fn respond(mut run: Run, rx: Option<mpsc::Receiver<Value>>) -> Response {
     let Some(mut rx) = rx else {
         return rpc::json_response(StatusCode::OK, &run.await);
     };
@@ -543,9 +546,9 @@ async fn respond(mut run: Run, rx: Option<mpsc::UnboundedReceiver<Value>>) -> Re
         Some(n) = rx.recv() => n,
     };
     enum Phase {
-        First(Value, Run, mpsc::UnboundedReceiver<Value>),
-        Running(Run, mpsc::UnboundedReceiver<Value>),
-        Draining(Value, mpsc::UnboundedReceiver<Value>),
+        First(Value, Run, mpsc::Receiver<Value>),
+        Running(Run, mpsc::Receiver<Value>),
+        Draining(Value, mpsc::Receiver<Value>),
         Done,
     }
     let stream = futures_util::stream::unfold(Phase::First(first, run, rx), |phase| async move {

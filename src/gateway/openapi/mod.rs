@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::identity::IdentityClaims;
 use super::stdio::{backoff, stopped};
-use super::{CallError, Event, Skipped};
+use super::{CallError, Event, Events, Skipped};
 use crate::config::Secret;
 use crate::config::upstream::SpecSource;
 
@@ -81,7 +81,7 @@ impl OpenApiUpstream {
         client: reqwest::Client,
         service: Arc<dyn Fn() -> IdentityClaims + Send + Sync>,
         signer: Signer,
-        events: mpsc::UnboundedSender<Event>,
+        events: Events,
         stop: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let up = Arc::new(Self {
@@ -351,7 +351,7 @@ async fn load_loop(
     up: Arc<OpenApiUpstream>,
     service: Arc<dyn Fn() -> IdentityClaims + Send + Sync>,
     signer: Signer,
-    events: mpsc::UnboundedSender<Event>,
+    events: Events,
     mut stop: watch::Receiver<bool>,
 ) {
     let name = up.settings.upstream.clone();

@@ -604,7 +604,7 @@ impl ToolResult {
 /// Any notification switches the response from plain JSON to an SSE stream.
 #[derive(Clone)]
 pub(crate) struct Notifier {
-    tx: Option<mpsc::UnboundedSender<Value>>,
+    tx: Option<mpsc::Sender<Value>>,
     progress_token: Option<Value>,
     /// Whether `notifications/message` may be sent (2026-07-28: only when asked for).
     logging: bool,
@@ -612,7 +612,7 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     pub(crate) fn new(
-        tx: Option<mpsc::UnboundedSender<Value>>,
+        tx: Option<mpsc::Sender<Value>>,
         progress_token: Option<Value>,
         logging: bool,
     ) -> Self {
@@ -700,7 +700,9 @@ impl ToolContext {
         if let Some(m) = message {
             params["message"] = json!(m);
         }
-        let _ = tx.send(
+        // Dropped when the client reads slower than the tool (an upstream) reports:
+        // a later report supersedes it, and memory stays bounded.
+        let _ = tx.try_send(
             json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": params }),
         );
     }
@@ -711,7 +713,7 @@ impl ToolContext {
         if !self.notifier.logging {
             return;
         }
-        let _ = tx.send(json!({ "jsonrpc": "2.0", "method": "notifications/message", "params": { "level": level, "logger": "gatehouse", "data": data } }));
+        let _ = tx.try_send(json!({ "jsonrpc": "2.0", "method": "notifications/message", "params": { "level": level, "logger": "gatehouse", "data": data } }));
     }
 }
 
