@@ -125,6 +125,8 @@ pub struct UpstreamConfig {
     pub allow: Vec<String>,
     /// Upstream tool names never served, even when allowed.
     pub deny: Vec<String>,
+    /// Upstream tool names treated as writes whatever their `readOnlyHint` says.
+    pub writes: Vec<String>,
     /// What every tool of this upstream needs (default `tools:<name>`).
     pub scopes: ScopeSet,
     /// Per tool (by its upstream name): the scopes it needs instead.
@@ -143,6 +145,12 @@ impl UpstreamConfig {
     pub fn selects(&self, tool: &str) -> bool {
         let hit = |patterns: &[String]| patterns.iter().any(|p| glob(p, tool));
         (self.allow.is_empty() || hit(&self.allow)) && !hit(&self.deny)
+    }
+
+    /// Whether `tool` is a write whatever its annotations say (the operator does not
+    /// take the upstream's word that it only reads).
+    pub fn forces_write(&self, tool: &str) -> bool {
+        self.writes.iter().any(|p| glob(p, tool))
     }
 
     /// The scopes the upstream's tool `tool` needs.
@@ -191,6 +199,8 @@ struct RawUpstream {
     allow: Vec<String>,
     #[serde(default, deserialize_with = "list")]
     deny: Vec<String>,
+    #[serde(default, deserialize_with = "list")]
+    writes: Vec<String>,
     scopes: Option<String>,
     scope_description: Option<String>,
     #[serde(default)]
@@ -258,6 +268,7 @@ pub const KEYS: &[&str] = &[
     "prefix",
     "allow",
     "deny",
+    "writes",
     "scopes",
     "scope_description",
     "tool_scopes",
@@ -549,7 +560,11 @@ fn check_one(
             "is for http and openapi upstreams (stdio upstreams get the token in _meta)",
         ));
     }
-    for (what, patterns) in [("allow", &raw.allow), ("deny", &raw.deny)] {
+    for (what, patterns) in [
+        ("allow", &raw.allow),
+        ("deny", &raw.deny),
+        ("writes", &raw.writes),
+    ] {
         if let Some(p) = patterns
             .iter()
             .find(|p| p.is_empty() || p.strip_suffix('*').unwrap_or(p).contains('*'))
@@ -572,6 +587,7 @@ fn check_one(
         prefix,
         allow: raw.allow,
         deny: raw.deny,
+        writes: raw.writes,
         scopes,
         tool_scopes,
         timeout,

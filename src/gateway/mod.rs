@@ -1281,6 +1281,23 @@ impl UpstreamTool {
             .get("inputSchema")
             .cloned()
             .ok_or_else(|| "it has no inputSchema".to_owned())?;
+        // A tool the operator lists in `writes` is served, checked and shown to clients
+        // as a write, whatever the upstream claims.
+        let forced;
+        let def = match def.get("annotations").and_then(|a| a.get("readOnlyHint")) {
+            Some(Value::Bool(true)) if upstream.config.forces_write(tool) => {
+                let mut d = def.clone();
+                if let Some(a) = d.get_mut("annotations").and_then(Value::as_object_mut) {
+                    a.insert("readOnlyHint".into(), Value::Bool(false));
+                }
+                lint.push(format!(
+                    "{tool}: says readOnlyHint but is served as a write (`writes`)"
+                ));
+                forced = d;
+                &forced
+            }
+            _ => def,
+        };
         let scopes: Vec<String> = upstream
             .config
             .scopes_for(tool)

@@ -30,6 +30,7 @@ both_backends!(
     a_client_that_goes_away_cancels_the_upstream_call,
     upstream_prompts_and_resources_are_served_with_namespaced_uris,
     an_sse_only_upstream_is_reached_over_http_sse,
+    writes_makes_a_tool_that_claims_to_only_read_a_write,
 );
 
 both_backends!(
@@ -1478,4 +1479,35 @@ async fn upstream_prompts_and_resources_are_served_with_namespaced_uris(backend:
         body["error"].is_object() && body.get("result").is_none(),
         "{body}"
     );
+}
+
+/// The operator does not take the upstream's `readOnlyHint` on trust: a tool in
+/// `writes` is a write for every check and for clients.
+async fn writes_makes_a_tool_that_claims_to_only_read_a_write(backend: Backend) {
+    let Some(app) = spawn(backend, &upstream_t(r#"writes = ["echo"]"#)).await else {
+        return;
+    };
+    let token = pat(&app, "account:read tools:t").await;
+    let tools = list(&app, &token).await;
+    let echo = tools.iter().find(|t| t["name"] == "t_echo").unwrap();
+    assert_eq!(echo["annotations"]["readOnlyHint"], false, "{echo}");
+    assert!(
+        echo["inputSchema"]["properties"]["idempotency_key"].is_object(),
+        "a write takes an idempotency key: {echo}"
+    );
+    let r = call(&app, &token, "t_echo", json!({ "text": "x" })).await;
+    assert_eq!(r["isError"], false, "{r}");
+    cli_env(
+        &app.db,
+        &["org", "set-status", "default", "read_only"],
+        None,
+        &[],
+    )
+    .await
+    .ok();
+    eventually("the read-only organization refuses it", || async {
+        let r = call(&app, &token, "t_echo", json!({ "text": "x" })).await;
+        r["_meta"]["dev.gatehouse/error"]["code"] == "ORG_READ_ONLY"
+    })
+    .await;
 }
