@@ -107,6 +107,10 @@ impl HttpUpstream {
         matches!(*self.health.borrow(), Health::Up)
     }
 
+    pub fn name(&self) -> &str {
+        &self.settings.upstream
+    }
+
     /// `up (<revision>[ with a session])`, or why not.
     pub fn status(&self) -> String {
         match &*self.health.borrow() {

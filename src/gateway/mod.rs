@@ -236,11 +236,8 @@ impl Upstream {
         let listed = match &self.link {
             Link::Stdio(s) => match s.pick() {
                 Ok(conn) => {
-                    tokio::time::timeout(
-                        self.config.timeout,
-                        stdio::list_all(&conn, method, key, 100),
-                    )
-                    .await
+                    tokio::time::timeout(self.config.timeout, stdio::list_all(&conn, method, key))
+                        .await
                 }
                 Err(e) => return Err(e),
             },
@@ -559,36 +556,69 @@ fn service_claims(
     })
 }
 
-/// Every page of an HTTP upstream's `tools/list` (at most 100).
+/// Every page of an HTTP upstream's `tools/list`.
 async fn list_http(
     h: &Arc<http::HttpUpstream>,
     method: &str,
     key: &str,
     token: Option<String>,
 ) -> Result<Listing, CallError> {
+    list_pages(h.name(), key, |params| {
+        h.request(method, params, token.clone(), None)
+    })
+    .await
+}
+
+/// Every page of a list, each fetched by `fetch` with the params for its cursor, up to
+/// [`MAX_LISTED`] entries and as many pages (however small the upstream's pages are),
+/// stopping at a cursor seen before. A cut list is logged.
+pub(crate) async fn list_pages<F, Fut>(
+    upstream: &str,
+    key: &str,
+    mut fetch: F,
+) -> Result<Listing, CallError>
+where
+    F: FnMut(Value) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, CallError>>,
+{
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut cursor: Option<String> = None;
-    for _ in 0..100 {
+    for _ in 0..MAX_LISTED {
         let params = match &cursor {
             Some(c) => json!({ "cursor": c }),
             None => json!({}),
         };
-        let page = h.request(method, params, token.clone(), None).await?;
+        let page = fetch(params).await?;
         if let Some(items) = page.get(key).and_then(Value::as_array) {
             out.extend(items.iter().filter_map(|v| v.as_object().cloned()));
         }
         if out.len() >= MAX_LISTED {
             out.truncate(MAX_LISTED);
             tracing::warn!(
-                "an upstream lists more than {MAX_LISTED} tools; the rest are not served"
+                upstream,
+                "an upstream lists more than {MAX_LISTED} {key}; the rest are not served"
             );
-            break;
+            return Ok(out);
         }
         match page.get("nextCursor").and_then(Value::as_str) {
-            Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
-            _ => break,
+            Some(c) if !c.is_empty() => {
+                if !seen.insert(c.to_owned()) {
+                    tracing::warn!(
+                        upstream,
+                        "its {key} list gave a cursor twice; the list ends there"
+                    );
+                    return Ok(out);
+                }
+                cursor = Some(c.to_owned());
+            }
+            _ => return Ok(out),
         }
     }
+    tracing::warn!(
+        upstream,
+        "its {key} list has more than {MAX_LISTED} pages; the rest are not served"
+    );
     Ok(out)
 }
 

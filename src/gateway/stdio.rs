@@ -789,35 +789,16 @@ async fn read_stdout(
     }
 }
 
-/// `tools/list` etc. through every page (at most `max_pages`).
+/// `tools/list` etc. through every page (see [`super::list_pages`]).
 pub async fn list_all(
     conn: &Conn,
     method: &str,
     key: &str,
-    max_pages: usize,
 ) -> Result<Vec<Map<String, Value>>, CallError> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..max_pages {
-        let params = match &cursor {
-            Some(c) => json!({ "cursor": c }),
-            None => json!({}),
-        };
-        let page = conn.request(method, params, None).await?;
-        if let Some(items) = page.get(key).and_then(Value::as_array) {
-            out.extend(items.iter().filter_map(|v| v.as_object().cloned()));
-        }
-        if out.len() >= super::MAX_LISTED {
-            out.truncate(super::MAX_LISTED);
-            tracing::warn!(upstream = %conn.upstream, "an upstream lists more than {} tools; the rest are not served", super::MAX_LISTED);
-            return Ok(out);
-        }
-        match page.get("nextCursor").and_then(Value::as_str) {
-            Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
-            _ => return Ok(out),
-        }
-    }
-    Ok(out)
+    super::list_pages(&conn.upstream, key, |params| {
+        conn.request(method, params, None)
+    })
+    .await
 }
 
 #[cfg(test)]

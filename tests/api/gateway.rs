@@ -653,6 +653,13 @@ name = "bad"
 transport = "stdio"
 command = "{BIN}"
 env = {{ TEST_UPSTREAM_EXIT_AT_START = "CRM_TOKEN is not valid", SECRET = "${{CHECK_SECRET}}" }}
+
+[[upstream]]
+name = "many"
+transport = "stdio"
+command = "{BIN}"
+allow = ["generated_*"]
+env = {{ TEST_UPSTREAM_MANY = "450" }}
 "#
     );
     std::fs::write(&path, config).unwrap();
@@ -696,6 +703,14 @@ env = {{ TEST_UPSTREAM_EXIT_AT_START = "CRM_TOKEN is not valid", SECRET = "${{CH
         // Its stderr is quoted, with the configured secret it echoed blanked out.
         status.contains("exited with status 2") && status.contains("[redacted]"),
         "{status}"
+    );
+    // 450 tools in pages of 4: every page is read.
+    let many = &report["upstreams"][2];
+    assert_eq!(
+        many["served"].as_array().unwrap().len(),
+        450,
+        "{}",
+        many["status"]
     );
     // People get the same as a table.
     let human = cli_env(
