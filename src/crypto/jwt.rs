@@ -1,6 +1,6 @@
 //! RFC 9068 access tokens: EdDSA-signed JWTs with `typ: at+jwt`.
 
-use jsonwebtoken::{Algorithm, Header, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::keys::KeySet;
@@ -42,11 +42,9 @@ pub enum JwtError {
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
 pub fn sign(keys: &KeySet, claims: &AccessClaims) -> Result<String, JwtError> {
-    let key = keys.signing();
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.typ = Some(ACCESS_TOKEN_TYP.into());
-    header.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|_| JwtError::Sign)
+    keys.signing()
+        .sign_jwt(ACCESS_TOKEN_TYP, claims)
+        .map_err(|_| JwtError::Sign)
 }
 
 /// Verifies signature (EdDSA only), `typ`, `iss`, `aud` and expiry at `now`.

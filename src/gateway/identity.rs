@@ -7,7 +7,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -60,12 +59,8 @@ pub struct IdentityClaims {
     pub exp: i64,
 }
 
-pub fn sign(keys: &KeySet, claims: &IdentityClaims) -> Result<String, jsonwebtoken::errors::Error> {
-    let key = keys.signing();
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.typ = Some(TYP.into());
-    header.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(&header, claims, &key.encoding)
+pub fn sign(keys: &KeySet, claims: &IdentityClaims) -> Result<String, serde_json::Error> {
+    keys.signing().sign_jwt(TYP, claims)
 }
 
 /// The `args_sha256` of `arguments`.
