@@ -1036,8 +1036,16 @@ impl Merger {
         for ((candidate, upstream, def, held), public) in candidates.into_iter().zip(names) {
             let report = reports.entry(candidate.upstream.clone()).or_default();
             if let Some(reason) = held {
-                // Unlisted, but a call to it says why it is not served.
-                if let Ok(spec) = ToolSpec::new(&public, "") {
+                // Unlisted, but a call to it says why it is not served, to a caller
+                // with the scopes the tool needs (others learn nothing about it).
+                let scopes: Vec<String> = upstream
+                    .config
+                    .scopes_for(&candidate.tool)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let scope_refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
+                if let Ok(spec) = ToolSpec::new(&public, "").and_then(|s| s.scopes(&scope_refs)) {
                     let message = format!(
                         "the upstream {:?} changed the tool {} since it was approved; an administrator must review and approve it first",
                         candidate.upstream, candidate.tool

@@ -1289,6 +1289,15 @@ async fn changed_tools_are_held_until_an_admin_approves_them(backend: Backend) {
     .await;
     let r = call(&app, &token, "t_echo", json!({ "text": "x" })).await;
     assert!(text(&r).starts_with("TOOL_CHANGED"), "{r}");
+    // A caller without the tool's scope learns nothing about the held tool.
+    let other = pat(&app, "account:read").await;
+    let res = post(
+        &app,
+        &other,
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "t_echo", "arguments": { "text": "x" } } }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert!(
         names(&list(&app, &token).await).contains(&"t_add".to_owned()),
         "unchanged tools stay"
