@@ -386,14 +386,7 @@ impl HttpUpstream {
             return Err(CallError::Down(why.clone()));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = json!({
-            "jsonrpc": "2.0", "id": id, "method": "initialize",
-            "params": {
-                "protocolVersion": LEGACY,
-                "capabilities": {},
-                "clientInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
-            },
-        });
+        let body = initialize_request(id);
         let mut headers = self.headers(identity).map_err(Into::<CallError>::into)?;
         insert(&mut headers, "content-type", "application/json");
         let res = self
@@ -486,14 +479,7 @@ impl HttpUpstream {
         })
         .await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let init = json!({
-            "jsonrpc": "2.0", "id": id, "method": "initialize",
-            "params": {
-                "protocolVersion": LEGACY,
-                "capabilities": {},
-                "clientInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
-            },
-        });
+        let init = initialize_request(id);
         let answer = link
             .request(self.headers(identity)?, id, &init, None)
             .await?;
@@ -510,6 +496,18 @@ impl HttpUpstream {
         .await?;
         Ok(Session::Sse { link, version })
     }
+}
+
+/// Our `initialize` request, over either transport.
+fn initialize_request(id: u64) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "initialize",
+        "params": {
+            "protocolVersion": LEGACY,
+            "capabilities": {},
+            "clientInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
+        },
+    })
 }
 
 fn unwrap_answer(answer: &Value) -> Result<Value, SendError> {

@@ -58,6 +58,19 @@ env = {{ TEST_UPSTREAM_JWKS_URL = "{{ISSUER}}/jwks", TEST_UPSTREAM_ISSUER = "{{I
     )
 }
 
+/// Puts the `[[upstream]]` tables of `text` (with `env` as the environment their
+/// `${VAR}`s read) into the app's config; restarts back off from 20 ms.
+pub(crate) fn use_upstreams(c: &mut gatehouse::config::Config, text: &str, env: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upstreams.toml");
+    std::fs::write(&path, text).unwrap();
+    let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    let parsed = gatehouse::config::Config::load_from(Some(&path), env).unwrap();
+    c.gateway = parsed.gateway;
+    c.gateway.restart_backoff = Duration::from_millis(20);
+    c.oauth.scopes = parsed.oauth.scopes;
+}
+
 /// The app with these `[[upstream]]` tables (`{BIN}` is the test server, `{ISSUER}`
 /// the app's URL); restarts back off from 20 ms.
 async fn spawn(backend: Backend, upstreams: &str) -> Option<TestApp> {
@@ -66,13 +79,7 @@ async fn spawn(backend: Backend, upstreams: &str) -> Option<TestApp> {
         let text = upstreams
             .replace("{BIN}", BIN)
             .replace("{ISSUER}", &c.server.public_url);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("upstreams.toml");
-        std::fs::write(&path, text).unwrap();
-        let parsed = gatehouse::config::Config::load_from(Some(&path), []).unwrap();
-        c.gateway = parsed.gateway;
-        c.gateway.restart_backoff = Duration::from_millis(20);
-        c.oauth.scopes = parsed.oauth.scopes;
+        use_upstreams(c, &text, &[]);
     })
     .await?;
     crate::helpers::seed_owner(&app.store).await;
@@ -975,17 +982,7 @@ async fn spawn_with_http(backend: Backend, extra: &str) -> Option<(TestApp, Http
             h.url
         );
         upstream = Some(h);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("upstreams.toml");
-        std::fs::write(&path, text).unwrap();
-        let parsed = gatehouse::config::Config::load_from(
-            Some(&path),
-            [("H_KEY".to_owned(), "static-key".to_owned())],
-        )
-        .unwrap();
-        c.gateway = parsed.gateway;
-        c.gateway.restart_backoff = Duration::from_millis(20);
-        c.oauth.scopes = parsed.oauth.scopes;
+        use_upstreams(c, &text, &[("H_KEY", "static-key")]);
     })
     .await?;
     crate::helpers::seed_owner(&app.store).await;

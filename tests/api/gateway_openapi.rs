@@ -2,8 +2,6 @@
 //! test server's `--rest` mode, which checks the identity token's method, URL and body
 //! digest and echoes what reached it; and the GitHub REST API description.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::both_backends;
@@ -62,17 +60,7 @@ timeout_secs = 5
             url = rest.url
         );
         upstream = Some(rest);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("upstreams.toml");
-        std::fs::write(&path, text).unwrap();
-        let parsed = gatehouse::config::Config::load_from(
-            Some(&path),
-            [("SHOP_KEY".to_owned(), "shop-secret-key".to_owned())],
-        )
-        .unwrap();
-        c.gateway = parsed.gateway;
-        c.gateway.restart_backoff = Duration::from_millis(20);
-        c.oauth.scopes = parsed.oauth.scopes;
+        crate::gateway::use_upstreams(c, &text, &[("SHOP_KEY", "shop-secret-key")]);
     })
     .await?;
     crate::helpers::seed_owner(&app.store).await;
