@@ -102,8 +102,10 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum UpstreamCommand {
     /// Start every upstream as the server would and report, per upstream: whether it
-    /// works, the public name of each tool it serves, what it skipped and why, lint
-    /// findings and the size of its tools/list entries. Exits 1 if one is not up.
+    /// works, the public name of each tool it serves, what it skipped and why (for
+    /// OpenAPI, each operation left out and how many were kept), lint findings, the
+    /// size of its tools/list entries and whether its credentials work. Exits 1 if one
+    /// is not up or its credentials are refused.
     Check,
     /// Approve the changed tool definitions of upstream NAME that `on_change = "block"`
     /// holds back (`upstream check` lists them); running servers serve them within seconds.
